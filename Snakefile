@@ -1,0 +1,19 @@
+# Coarse-to-fine evaluation of LLM inference efficiency.
+#   snakemake --cores 8 all                         this machine's hardware (detected), embedded default
+#   snakemake --cores 8 results/a100/s2s_table.csv  any output is a target; its path names the hardware
+#   snakemake --cores 8 all --config model=llama2-7b overrides="dataset.limit=64"
+include: "rules/common.smk"
+include: "rules/resources.smk"
+include: "rules/datasets.smk"
+include: "rules/models.smk"
+include: "rules/batch.smk"
+include: "rules/serving.smk"
+include: "rules/theory.smk"
+include: "rules/profiling.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(PIPELINE.hardware),
+    default_target: True

@@ -1,0 +1,78 @@
+# Config composition (Hydra), validation, the experiment matrix and input functions.
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from inference_eval.config import PipelineConfig, ConfigError  # noqa: E402
+
+try:
+    PIPELINE = PipelineConfig.from_snakemake(config)
+except ConfigError as _err:
+    raise WorkflowError(f"configuration error: {_err}")
+
+RESULTS = PIPELINE.root["results_dir"]
+HARDWARE_CHOICES = "|".join(["cpu", "3090", "4090", "a100", "h100", "h200"])
+LIBRARIES = "transformers|vllm|llamacpp|mii|trtllm"
+DATASETS = "s2s|s2l|s16k|l2s"
+
+
+wildcard_constraints:
+    hardware=HARDWARE_CHOICES,
+    library=LIBRARIES,
+    dataset=DATASETS,
+    model=r"[A-Za-z0-9.\-]+",
+
+
+def job_config(**choices):
+    """Resolved config for one job, passed to its script as a parameter (a changed config reruns it)."""
+    return PIPELINE.job(**choices)
+
+
+def job_params(wildcards, **fixed):
+    choices = {k: v for k, v in dict(wildcards).items() if k in ("dataset", "library", "model", "hardware", "scenario")}
+    choices.update(fixed)
+    return job_config(**choices)
+
+
+def dataset_rows(wildcards):
+    return f"{RESULTS}/datasets/{PIPELINE.dataset_option(wildcards.dataset)}/rows.jsonl"
+
+
+def matrix_models():
+    return PIPELINE.models
+
+
+def all_targets(hardware):
+    out = []
+    scen = PIPELINE.scenarios
+    for d in PIPELINE.datasets:
+        out.append(f"{RESULTS}/datasets/{PIPELINE.dataset_option(d)}/manifest.json")
+        if "batch" in scen:
+            out.append(f"{RESULTS}/{hardware}/{d}_table.csv")
+    out.append(f"{RESULTS}/datasets/figures/{PIPELINE.matrix['dataset_variant']}_lengths.png")
+    if "batch" in scen:
+        out.append(f"{RESULTS}/{hardware}/figures/throughput.png")
+    if "serving" in scen:
+        out += serving_targets(hardware)
+    if PIPELINE.matrix.get("fine_grain", True):
+        out += fine_grain_targets(hardware)
+    return out
+
+
+def fine_grain_targets(hardware):
+    # theory_targets: rules/theory.smk; module_targets: rules/profiling.smk
+    return theory_targets(hardware) + module_targets(hardware)
+
+
+def model_files(wildcards):
+    """Inputs a batch or serving job of {library} needs from the models rules (rules/models.smk)."""
+    m, lib = wildcards.model, wildcards.library
+    files = {"hf": f"{RESULTS}/models/{m}/hf/config.json"}
+    if lib == "llamacpp":
+        dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
+        files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
+    if lib == "trtllm":
+        files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"
+    return files

@@ -1,0 +1,30 @@
+# Tables and figures from the run records.
+
+
+def batch_records(wildcards):
+    hw = wildcards.hardware
+    return [f"{RESULTS}/{hw}/batch/{lib}/{m}/{wildcards.dataset}.json"
+            for m in PIPELINE.models for lib in PIPELINE.libraries]
+
+
+rule dataset_table:
+    input:
+        records=batch_records,
+        bound=f"{RESULTS}/{{hardware}}/{{dataset}}_bound.csv",
+    output:
+        f"{RESULTS}/{{hardware}}/{{dataset}}_table.csv",
+    localrule: True
+    script:
+        "../workflow_scripts/dataset_table.py"
+
+
+rule throughput_figure:
+    input:
+        tables=expand(f"{RESULTS}/{{{{hardware}}}}/{{dataset}}_table.csv", dataset=PIPELINE.datasets),
+    output:
+        f"{RESULTS}/{{hardware}}/figures/throughput.png",
+    params:
+        datasets=PIPELINE.datasets,
+    localrule: True
+    script:
+        "../workflow_scripts/throughput_figure.py"

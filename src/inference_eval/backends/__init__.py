@@ -1,0 +1,1 @@
+"""One backend per library behind one interface (``base.Backend``)."""

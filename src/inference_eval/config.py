@@ -1,0 +1,206 @@
+"""Hydra composition for the pipeline and for single jobs, with errors that list the valid choices.
+
+Snakemake composes the root config once at parse time (``PipelineConfig``), expands the matrix,
+and hands every job its fully resolved config as a parameter (so a changed config reruns the job).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("dataset", "library", "model", "hardware", "scenario")
+# Plain `--config` keys that are not Hydra overrides.
+SNAKEMAKE_KEYS = ("overrides",)
+
+
+class ConfigError(ValueError):
+    """A bad override or config value; the message lists the valid choices."""
+
+
+def conf_dir() -> Path:
+    return CONF_DIR
+
+
+@functools.lru_cache(maxsize=None)
+def group_options(group: str) -> tuple[str, ...]:
+    d = CONF_DIR / group
+    return tuple(sorted(p.stem for p in d.glob("*.yaml")))
+
+
+def root_keys() -> tuple[str, ...]:
+    from omegaconf import OmegaConf
+    raw = OmegaConf.load(CONF_DIR / "config.yaml")
+    return tuple(k for k in raw.keys() if k != "defaults")
+
+
+def overrides_from_snakemake(config: Mapping[str, Any]) -> list[str]:
+    """Turn Snakemake's ``--config`` mapping into Hydra overrides.
+
+    ``--config model=llama2-13b`` becomes ``model=llama2-13b``; dotted keys, which Snakemake's
+    ``--config`` cannot carry, go in one key: ``--config overrides="dataset.limit=64 seed=1"``
+    (a YAML list works too).
+    """
+    out: list[str] = []
+    for key, value in config.items():
+        if key == "overrides":
+            items = value if isinstance(value, (list, tuple)) else shlex.split(str(value))
+            out.extend(str(v) for v in items)
+        else:
+            if isinstance(value, (list, tuple)):
+                value = "[" + ",".join(str(v) for v in value) + "]"
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            out.append(f"{key}={value}")
+    validate_overrides(out)
+    return out
+
+
+_OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[A-Za-z_][\w.\-@/]*)(=(?P<value>.*))?$", re.S)
+
+
+def validate_overrides(overrides: Iterable[str]) -> None:
+    """Reject unknown keys and group values before Hydra does, with the valid ones listed."""
+    top = set(root_keys()) | set(GROUPS)
+    for ov in overrides:
+        m = _OVERRIDE.match(ov)
+        if not m or m.group("value") is None:
+            raise ConfigError(f"bad override {ov!r}: expected key=value (valid keys: {', '.join(sorted(top))})")
+        key, value = m.group("key"), m.group("value").strip("'\"")
+        head = key.split(".")[0]
+        if m.group("prefix"):
+            continue  # explicit append/delete: Hydra checks these itself
+        if head not in top:
+            raise ConfigError(
+                f"unknown config key {key!r} in override {ov!r}; valid keys: {', '.join(sorted(top))}"
+                + " (Snakemake's --config cannot carry dots: use --config overrides=\"a.b=1 c.d=2\")")
+        if key in GROUPS and value not in group_options(key):
+            raise ConfigError(
+                f"unknown {key} {value!r}; valid {key} choices: {', '.join(group_options(key))}")
+
+
+def _quote_numeric_choice(override: str) -> str:
+    """``hardware=3090`` would reach Hydra as an int; group choices must be strings."""
+    key, sep, value = override.partition("=")
+    if sep and key in GROUPS and value.isdigit():
+        return f"{key}='{value}'"
+    return override
+
+
+def compose(overrides: Iterable[str] = ()) -> dict:
+    """Compose ``conf/config.yaml`` with ``overrides`` and return a plain, resolved dict."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [_quote_numeric_choice(o) for o in overrides]
+    validate_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
+    assert isinstance(resolved, dict)
+    _check_values(resolved)
+    return resolved
+
+
+def _check_values(cfg: dict) -> None:
+    matrix = cfg.get("matrix") or {}
+    for key, group in (("datasets", None), ("libraries", "library"), ("models", "model"), ("scenarios", "scenario")):
+        values = matrix.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"matrix.{key} must be a non-empty list, got {values!r}")
+        if group:
+            bad = [v for v in values if v not in group_options(group)]
+            if bad:
+                raise ConfigError(f"unknown matrix.{key} {bad}; valid: {', '.join(group_options(group))}")
+    variant = matrix.get("dataset_variant", "synthetic")
+    if variant not in ("synthetic", "real"):
+        raise ConfigError(f"matrix.dataset_variant must be 'synthetic' or 'real', got {variant!r}")
+    for d in matrix.get("datasets") or []:
+        if dataset_option(d, variant) not in group_options("dataset"):
+            raise ConfigError(f"unknown matrix.datasets entry {d!r}; valid: s2s, s2l, s16k, l2s")
+
+
+def dataset_option(task: str, variant: str) -> str:
+    """The ``dataset`` group member for a task shape (s2s, ...) and variant (synthetic | real)."""
+    return f"{task}-synthetic" if variant == "synthetic" else task
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class PipelineConfig:
+    """The root config plus the expanded matrix, as Snakemake's rules see it."""
+
+    overrides: list[str]
+    root: dict
+    hardware: str
+    detected_hardware: str
+    _cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_snakemake(cls, config: Mapping[str, Any]) -> "PipelineConfig":
+        from inference_eval.hardware import detect_hardware
+
+        overrides = overrides_from_snakemake(config)
+        detected = detect_hardware()
+        if not any(o.startswith("hardware=") for o in overrides):
+            overrides = overrides + [f"hardware={detected}"]
+        root = compose(overrides)
+        return cls(overrides=overrides, root=root, hardware=root["hardware"]["name"], detected_hardware=detected)
+
+    @property
+    def matrix(self) -> dict:
+        return self.root["matrix"]
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.matrix["datasets"])
+
+    @property
+    def libraries(self) -> list[str]:
+        return list(self.matrix["libraries"])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.matrix["models"] or [self.root["model"]["name"]])
+
+    @property
+    def scenarios(self) -> list[str]:
+        return list(self.matrix["scenarios"])
+
+    def dataset_option(self, task: str) -> str:
+        return dataset_option(task, self.matrix["dataset_variant"])
+
+    def job(self, **choices: str) -> dict:
+        """Resolved config of one job: ``job(dataset='s2s', library='vllm', model=..., hardware=..., scenario=...)``.
+
+        ``dataset`` is the task key (s2s...); the variant picks the member. Group overrides the user
+        gave for other groups stay; the job's own choices replace them.
+        """
+        key = tuple(sorted(choices.items()))
+        if key not in self._cache:
+            chosen = dict(choices)
+            if "dataset" in chosen:
+                chosen["dataset"] = self.dataset_option(chosen["dataset"])
+            if "dataset_member" in chosen:  # a member name as it is (s2s-synthetic, l2s, ...)
+                chosen["dataset"] = chosen.pop("dataset_member")
+            kept = [o for o in self.overrides if o.split("=", 1)[0] not in chosen]
+            self._cache[key] = compose(kept + [f"{g}={v}" for g, v in chosen.items()])
+        return self._cache[key]

@@ -1,0 +1,53 @@
+"""Which hardware profile this machine is, and the guard against running another machine's jobs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+# Substrings of `nvidia-smi --query-gpu=name` mapped to conf/hardware members.
+GPU_NAMES = (("H200", "h200"), ("H100", "h100"), ("A100", "a100"), ("4090", "4090"), ("3090", "3090"))
+
+
+class WrongHardwareError(RuntimeError):
+    pass
+
+
+def gpu_names() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def detect_hardware() -> str:
+    """The conf/hardware member for this machine: its first GPU's family, else ``cpu``.
+
+    ``INFERENCE_EVAL_HARDWARE`` overrides detection (used inside SLURM jobs and tests).
+    """
+    forced = os.environ.get("INFERENCE_EVAL_HARDWARE")
+    if forced:
+        return forced
+    for name in gpu_names():
+        for needle, key in GPU_NAMES:
+            if needle in name:
+                return key
+    return "cpu"
+
+
+def ensure_local_hardware(target: str, allow_foreign: bool = False) -> None:
+    """Stop a job planned for ``target`` hardware from running on a machine of another kind."""
+    if allow_foreign or os.environ.get("SLURM_JOB_ID"):
+        return
+    here = detect_hardware()
+    if here != target:
+        raise WrongHardwareError(
+            f"this job is for hardware '{target}' (its output lies under results/{target}/) but this machine "
+            f"is '{here}'. Run it on a '{target}' machine, submit it with the SLURM profile "
+            f"(snakemake --profile profiles/slurm ...), or pass --config allow_foreign_hardware=true "
+            f"to measure anyway (the numbers would be this machine's, filed under '{target}').")

@@ -1,0 +1,1 @@
+"""Model preparation: random-weight model folders, GGUF files, engine builds."""

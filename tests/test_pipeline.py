@@ -1,0 +1,109 @@
+"""The DAG's shape (dry runs) and an end-to-end run of a reduced embedded default."""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(args, results, env_extra=None, timeout=600):
+    env = dict(os.environ, INFERENCE_EVAL_HARDWARE="cpu", **(env_extra or {}))
+    cmd = SNAKEMAKE + ["--cores", "2", "--nolock", "--directory", str(REPO), "--snakefile", str(REPO / "Snakefile")] + list(args)
+    cmd = _with_results(cmd, results)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def _with_results(cmd, results):
+    """Put results under a temp dir: results_dir joins any overrides already given."""
+    if "--config" in cmd:
+        i = cmd.index("--config")
+        j = i + 1
+        while j < len(cmd) and not cmd[j].startswith("-"):
+            if cmd[j].startswith("overrides="):
+                cmd[j] = f"{cmd[j]} results_dir={results}"
+                return cmd
+            j += 1
+        cmd.insert(j, f"overrides=results_dir={results}")
+        return cmd
+    return cmd + ["--config", f"overrides=results_dir={results}"]
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    if "Job stats" not in output:
+        return counts
+    block = output.split("Job stats:", 1)[1]
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)\s*$", line)
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_dry_run_all_plans_the_whole_matrix(tmp_path):
+    out = snakemake(["-n", "all"], tmp_path / "results")
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts.get("build_dataset") == 4, counts
+    assert counts.get("batch_run") == 5 * 4, counts  # 5 libraries x 4 datasets x 1 model
+    assert counts.get("dataset_table") == 4, counts
+    for rule in ("prepare_model", "gguf", "trtllm_engine", "throughput_figure"):
+        assert counts.get(rule, 0) >= 1, (rule, counts)
+    assert any(r.startswith("serving") for r in counts), counts
+    assert any("theory" in r or "bound" in r for r in counts), counts
+    assert any("profil" in r or "module" in r for r in counts), counts
+    assert any("coeff" in r or "fit" in r for r in counts), counts
+
+
+def test_dry_run_a100_table_plans_every_library(tmp_path):
+    target = f"{tmp_path}/results/a100/s2s_table.csv"
+    out = snakemake(["-n", target, "--config", "model=llama2-7b"], tmp_path / "results")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    for lib in ("transformers", "vllm", "llamacpp", "mii", "trtllm"):
+        assert f"a100/batch/{lib}/llama2-7b/s2s.json" in text, lib
+    assert job_counts(text).get("batch_run") == 5
+
+
+def test_unknown_config_value_stops_with_valid_choices(tmp_path):
+    out = snakemake(["-n", "all", "--config", "model=llama-99b"], tmp_path / "results")
+    assert out.returncode != 0
+    assert "llama2-7b" in out.stderr and "llama-99b" in out.stderr
+
+
+def test_unknown_config_key_stops(tmp_path):
+    out = snakemake(["-n", "all", "--config", "modle=tiny-llama"], tmp_path / "results")
+    assert out.returncode != 0
+    assert "modle" in out.stderr and "valid keys" in out.stderr
+
+
+@pytest.mark.slow
+def test_reduced_default_end_to_end_and_rerun_is_noop(tmp_path):
+    results = tmp_path / "results"
+    reduced = ("matrix.libraries=[transformers,llamacpp,mii,trtllm] matrix.scenarios=[batch] "
+               "matrix.fine_grain=false")
+    out = snakemake(["all", "--config", f"overrides={reduced}"], results, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for task in ("s2s", "s2l", "s16k", "l2s"):
+        with open(results / "cpu" / f"{task}_table.csv") as fh:
+            rows = {r["library"]: r for r in csv.DictReader(fh)}
+        assert set(rows) == {"transformers", "llamacpp", "mii", "trtllm"}
+        for lib in ("transformers", "llamacpp"):
+            assert rows[lib]["status"] == "ok", rows[lib]
+            assert rows[lib]["output_tokens"] == rows[lib]["requested_output_tokens"]
+            assert float(rows[lib]["token_throughput_tok_s"]) > 0
+            assert rows[lib]["dataset_source"] == "synthetic"
+        for lib in ("mii", "trtllm"):
+            assert rows[lib]["status"] == "not_installed" and rows[lib]["reason"]
+    assert (results / "cpu" / "figures" / "throughput.png").stat().st_size > 1000
+    again = snakemake(["-n", "all", "--config", f"overrides={reduced}"], results)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
