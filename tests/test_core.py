@@ -1,0 +1,62 @@
+import json
+import os
+
+import pytest
+
+from inference_eval.io import atomic_path, write_json
+from inference_eval.report.provenance import provenance, redact
+from inference_eval.requests import Completion, DatasetError, Request, check_lengths, load_requests
+
+
+def test_check_lengths_counts_ids_and_names_mismatches():
+    reqs = [Request("a", (1, 2), 3), Request("b", (5,), 2), Request("c", (7,), 1)]
+    comps = [Completion("a", [9, 9, 9], 3), Completion("b", [9], 2), Completion("c", [], 1, error="HTTP 500")]
+    check = check_lengths(reqs, comps)
+    assert not check.valid and check.n_exact == 1
+    assert "b: got 1 want 2" in check.reason() and "HTTP 500" in check.reason()
+    assert check_lengths(reqs[:1], comps[:1]).valid
+
+
+def test_missing_completion_is_a_mismatch():
+    check = check_lengths([Request("a", (1,), 2)], [])
+    assert not check.valid and "missing completion" in check.reason()
+
+
+def test_request_rejects_empty_prompt_and_zero_tokens():
+    with pytest.raises(ValueError, match="r1"):
+        Request("r1", (), 3)
+    with pytest.raises(ValueError, match="max_tokens"):
+        Request("r2", (1,), 0)
+
+
+def test_load_requests_names_file_and_line(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps({"id": 1, "prompt_token_ids": [1, 2], "max_tokens": 4}) + "\n{\"id\": 2, \"prompt\n")
+    with pytest.raises(DatasetError, match=r"rows.jsonl:2"):
+        load_requests(p)
+    p.write_text(json.dumps({"id": 1, "prompt_token_ids": [1, 2], "max_tokens": 4}) + "\n")
+    (r,) = load_requests(p)
+    assert r.id == "1" and r.prompt_token_ids == (1, 2) and r.max_tokens == 4
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_secrets_never_reach_records():
+    cfg = {"scenario": {"api_key": "sk-secret", "rates": [1]}, "model": {"hf_token": "hf_abc", "name": "x"}}
+    safe = redact(cfg)
+    assert "sk-secret" not in json.dumps(safe) and "hf_abc" not in json.dumps(safe)
+    assert safe["scenario"]["rates"] == [1] and safe["model"]["name"] == "x"
+    prov = provenance(cfg)
+    assert "sk-secret" not in json.dumps(prov)
+    assert prov["config_hash"] and prov["git"].keys() >= {"commit", "dirty"}
+    assert prov["hardware"]["cpu"]
+    assert "numpy" in prov["versions"] and "snakemake" in prov["versions"]
