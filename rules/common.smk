@@ -73,6 +73,8 @@ def model_files(wildcards):
     if lib == "llamacpp":
         dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
         files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
+    if lib == "mii":  # mii.pipeline loads a model folder with weights
+        files["weights"] = f"{RESULTS}/models/{m}/weights/model.safetensors"
     if lib == "trtllm":
         files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"
     return files

@@ -51,10 +51,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_secrets_never_reach_records():
-    cfg = {"scenario": {"api_key": "sk-secret", "rates": [1]}, "model": {"hf_token": "hf_abc", "name": "x"}}
+    cfg = {"scenario": {"api_key": "sk-secret", "rates": [1]}, "model": {"hf_token": "hf_abc", "name": "x"},
+           "dataset": {"max_tokens_cap": 32}}
     safe = redact(cfg)
     assert "sk-secret" not in json.dumps(safe) and "hf_abc" not in json.dumps(safe)
     assert safe["scenario"]["rates"] == [1] and safe["model"]["name"] == "x"
+    assert safe["dataset"]["max_tokens_cap"] == 32
     prov = provenance(cfg)
     assert "sk-secret" not in json.dumps(prov)
     assert prov["config_hash"] and prov["git"].keys() >= {"commit", "dirty"}

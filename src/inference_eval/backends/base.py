@@ -44,6 +44,8 @@ class Backend(abc.ABC):
         """``cfg`` is the job's resolved config (``cfg['library']``, ``cfg['model']``, ``cfg['hardware']``)."""
         self.cfg = cfg
         self.files = files
+        # Library-specific facts the run record keeps (e.g. how prompts were passed, threads used).
+        self.stats: dict[str, Any] = {}
 
     @classmethod
     def check_available(cls) -> None:

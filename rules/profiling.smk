@@ -1,0 +1,98 @@
+# Measured per-op time (and DRAM bytes on a GPU) of one prefill and one decode step, the b/s sweeps,
+# the fitted time model and its figures (DESIGN.md section 3, issue 7).
+#   results/{hardware}/modules/{variant}_{stage}_{sweep}.csv   per op: time, share, theory, roofline
+#   results/{hardware}/modules/{variant}_points.csv            per point: decoder-layer time (fit input)
+#   results/{hardware}/coefficients.csv                        time-model coefficients, r2, held-out MAPE
+#   results/{hardware}/figures/module_shares.png, time_model_fit.png
+# {variant}: transformers-eager | transformers-sdpa | vllm. Model, sweeps, repeats: the hardware
+# kind's defaults in inference_eval.profiling.sweep, overridden by a `profiling:` config block.
+
+from inference_eval.profiling import sweep as profiling_sweep  # noqa: E402
+
+PROFILED_VARIANTS = "transformers-eager|transformers-sdpa|vllm"
+PROFILED_STAGES = ("prefill", "decode")
+
+
+def profiling_settings(hardware):
+    return profiling_sweep.settings(PIPELINE.job(hardware=hardware))
+
+
+def profiling_model(hardware):
+    return profiling_settings(hardware)["model"]
+
+
+def profiled_variants(hardware):
+    """The configured variants whose library is in the experiment matrix."""
+    libs = set(PIPELINE.libraries)
+    return [v for v in profiling_settings(hardware)["libraries"] if v.split("-")[0] in libs]
+
+
+def profiling_job(wc):
+    library = wc.variant.split("-")[0]
+    return PIPELINE.job(model=profiling_model(wc.hardware), hardware=wc.hardware, library=library)
+
+
+def module_files(hardware, variant):
+    base = f"{RESULTS}/{hardware}/modules/{variant}"
+    return [f"{base}_{stage}_{sweep}.csv" for stage in PROFILED_STAGES for sweep in profiling_sweep.SWEEPS]
+
+
+def module_targets(hardware):
+    out = []
+    for v in profiled_variants(hardware):
+        out += module_files(hardware, v)
+    if out:
+        out += [f"{RESULTS}/{hardware}/coefficients.csv",
+                f"{RESULTS}/{hardware}/figures/module_shares.png",
+                f"{RESULTS}/{hardware}/figures/time_model_fit.png"]
+    return out
+
+
+def profiling_inputs(wc):
+    if wc.variant == "vllm":
+        return {"hf": f"{RESULTS}/models/{profiling_model(wc.hardware)}/hf/config.json"}
+    return {}
+
+
+rule profile_modules:
+    input:
+        unpack(profiling_inputs),
+    output:
+        prefill_seq=RESULTS + "/{hardware}/modules/{variant}_prefill_seq.csv",
+        prefill_batch=RESULTS + "/{hardware}/modules/{variant}_prefill_batch.csv",
+        decode_seq=RESULTS + "/{hardware}/modules/{variant}_decode_seq.csv",
+        decode_batch=RESULTS + "/{hardware}/modules/{variant}_decode_batch.csv",
+        points=RESULTS + "/{hardware}/modules/{variant}_points.csv",
+        record=RESULTS + "/{hardware}/modules/{variant}.json",
+    wildcard_constraints:
+        variant=PROFILED_VARIANTS,
+    params:
+        cfg=profiling_job,
+    resources:
+        **hardware_resources,
+    script:
+        "../workflow_scripts/profile_modules.py"
+
+
+rule fit_coefficients:
+    input:
+        points=lambda wc: [f"{RESULTS}/{wc.hardware}/modules/{v}_points.csv" for v in profiled_variants(wc.hardware)],
+    output:
+        coefficients=RESULTS + "/{hardware}/coefficients.csv",
+        predictions=RESULTS + "/{hardware}/modules/time_model_points.csv",
+    localrule: True
+    script:
+        "../workflow_scripts/fit_coefficients.py"
+
+
+rule module_figures:
+    input:
+        modules=lambda wc: sum((module_files(wc.hardware, v) for v in profiled_variants(wc.hardware)), []),
+        points=lambda wc: [f"{RESULTS}/{wc.hardware}/modules/{v}_points.csv" for v in profiled_variants(wc.hardware)],
+        coefficients=RESULTS + "/{hardware}/coefficients.csv",
+    output:
+        shares=RESULTS + "/{hardware}/figures/module_shares.png",
+        fit=RESULTS + "/{hardware}/figures/time_model_fit.png",
+    localrule: True
+    script:
+        "../workflow_scripts/module_figures.py"

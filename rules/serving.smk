@@ -1,0 +1,55 @@
+# Online serving: one sweep of request rates per (library, model, dataset) against the library's own
+# OpenAI-compatible server on loopback, then the serving curves per dataset (the paper's Figs 1, 4, 5).
+
+
+def serving_datasets():
+    """Datasets served: `scenario.datasets` of the serving config when set, else the matrix's."""
+    listed = PIPELINE.job(scenario="serving")["scenario"].get("datasets")
+    return list(listed) if listed else PIPELINE.datasets
+
+
+def serving_csv(hardware, library, model, dataset):
+    return f"{RESULTS}/{hardware}/serving/{library}_{model}_{dataset}.csv"
+
+
+def serving_targets(hardware):
+    out = []
+    for d in serving_datasets():
+        out += [serving_csv(hardware, lib, m, d) for lib in PIPELINE.libraries for m in PIPELINE.models]
+        out.append(f"{RESULTS}/{hardware}/figures/serving_{d}.png")
+    return out
+
+
+def serving_model_files(wildcards):
+    """model_files (common.smk) plus the written-out weights for servers that load files."""
+    files = dict(model_files(wildcards))
+    if wildcards.library in ("transformers", "mii", "trtllm"):
+        files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
+    return files
+
+
+rule serving_sweep:
+    input:
+        unpack(serving_model_files),
+        rows=dataset_rows,
+    output:
+        csv=f"{RESULTS}/{{hardware}}/serving/{{library}}_{{model}}_{{dataset}}.csv",
+        record=f"{RESULTS}/{{hardware}}/serving/runs/{{library}}_{{model}}_{{dataset}}/record.json",
+    params:
+        cfg=lambda wc: PIPELINE.job(dataset=wc.dataset, library=wc.library, model=wc.model,
+                                    hardware=wc.hardware, scenario="serving"),
+    resources:
+        **hardware_resources,
+    script:
+        "../workflow_scripts/run_serving.py"
+
+
+rule serving_figure:
+    input:
+        sweeps=lambda wc: [serving_csv(wc.hardware, lib, m, wc.dataset)
+                           for lib in PIPELINE.libraries for m in PIPELINE.models],
+    output:
+        f"{RESULTS}/{{hardware}}/figures/serving_{{dataset}}.png",
+    localrule: True
+    script:
+        "../workflow_scripts/serving_figures.py"

@@ -1,0 +1,178 @@
+"""The child process of a batch run: ``python -m inference_eval.batch_worker JOB RESULT [PARENT_PID]``.
+
+Runs one library on one dataset and writes RESULT (JSON, atomically): status, reason, the phase it
+reached, import/load/generate times, per-request output token counts (from ids) and memory. Any
+exception of the library becomes a status here; what kills the process outright (a segfault, the
+OOM killer, a hang) is described by the parent (``inference_eval.batch``) from the exit and output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
+from inference_eval.batch import OOM_MARKERS, batch_requests
+from inference_eval.io import write_json
+from inference_eval.requests import check_lengths
+
+OOM_MESSAGES = OOM_MARKERS + ("available kv cache memory",)
+
+
+def classify(exc: BaseException) -> str:
+    """Status for an exception the library raised."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, str) and status in ("not_installed", "unsupported"):
+        return status
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    if any(m in str(exc).lower() for m in OOM_MESSAGES):
+        return "oom"
+    return "failed"
+
+
+def _reason(exc: BaseException, phase: str) -> str:
+    message = str(exc).strip().splitlines()
+    head = message[0] if message else ""
+    if len(head) > 500:
+        head = head[:500] + "..."
+    return f"{type(exc).__name__} during {phase}: {head}" if head else f"{type(exc).__name__} during {phase}"
+
+
+def memory_snapshot(backend) -> dict[str, Any]:
+    mem: dict[str, Any] = {
+        # ru_maxrss is in KiB on Linux
+        "self_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "children_max_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                mem["torch_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        except Exception:
+            pass
+    if backend is not None:
+        try:
+            mem["backend_gb"] = backend.peak_memory_gb()
+        except Exception:
+            pass
+    return mem
+
+
+def synchronize(backend) -> None:
+    """``backend.synchronize()``, except the base class's torch sync when the library never imported
+    torch: there is no torch work to wait for, and importing torch (seconds, hundreds of MB) would be
+    charged to a library that does not use it (llama.cpp)."""
+    if type(backend).synchronize is Backend.synchronize and "torch" not in sys.modules:
+        return
+    backend.synchronize()
+
+
+def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
+    """Run the job; after each phase the partial result goes to ``progress_path`` so that the parent
+    can tell, if this process dies outright, which phase it died in and what it had measured."""
+    cfg = job["cfg"]
+    files = ModelFiles(**job["files"])
+    requests, _ = batch_requests(job["rows_path"], cfg)
+    result: dict[str, Any] = {"status": "failed", "reason": "", "phase": "import"}
+    backend = None
+    phase = "import"
+    spec = cfg["library"]["backend"]
+
+    def reached(next_phase: str) -> str:
+        result["phase"] = next_phase
+        if progress_path:
+            write_json(progress_path, result)
+        return next_phase
+
+    reached(phase)
+    try:
+        t0 = time.perf_counter()
+        module = spec.partition(":")[0]
+        try:
+            cls = load_backend_class(spec)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name) and exc.name.startswith("inference_eval"):
+                raise RuntimeError(f"no backend module {module!r} (library.backend = {spec!r})") from exc
+            exc.status = "not_installed"  # the library the backend module imports is missing
+            raise
+        except AttributeError as exc:
+            raise RuntimeError(f"backend class not found: library.backend = {spec!r}") from exc
+        cls.check_available()
+        result["import_time_s"] = time.perf_counter() - t0
+
+        phase = reached("load")
+        t0 = time.perf_counter()
+        backend = cls(cfg, files)
+        backend.load()
+        synchronize(backend)
+        result["load_time_s"] = time.perf_counter() - t0
+        result["versions"] = backend.versions()
+
+        phase = reached("generate")
+        synchronize(backend)
+        t0 = time.perf_counter()
+        completions = backend.generate(requests)
+        synchronize(backend)
+        result["total_time_s"] = time.perf_counter() - t0
+
+        phase = reached("check")
+        check = check_lengths(requests, completions)
+        result["requests"] = [{"id": c.id, "output_tokens": c.output_tokens, "error": c.error} for c in completions]
+        result["n_exact"] = check.n_exact
+        result["status"] = "ok" if check.valid else "invalid"
+        result["reason"] = check.reason()
+        result["backend_stats"] = dict(getattr(backend, "stats", {}) or {})
+    except Exception as exc:
+        traceback.print_exc()
+        result["status"] = classify(exc)
+        result["reason"] = _reason(exc, phase)
+    result["phase"] = phase
+    result["memory"] = memory_snapshot(backend)
+    if backend is not None:
+        try:
+            backend.close()
+        except Exception as exc:  # the numbers are in; a failing release is only noted
+            result["close_error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: get SIGKILL if the harness dies, so no library process outlives its run."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print("usage: python -m inference_eval.batch_worker JOB.json RESULT.json [PARENT_PID]", file=sys.stderr)
+        return 2
+    _die_with_parent(int(argv[3]) if len(argv) > 3 else None)
+    with open(argv[1], encoding="utf-8") as fh:
+        job = json.load(fh)
+    result = run_job(job, progress_path=argv[2] + ".progress")
+    write_json(argv[2], result)
+    # Skip the interpreter's teardown (a second or more with torch loaded): the backend is closed and
+    # the result written; the harness reaps whatever the library left in this process group.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

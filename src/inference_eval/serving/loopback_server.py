@@ -1,0 +1,129 @@
+"""A minimal OpenAI-style streaming ``/v1/completions`` server (aiohttp) that generates no text: it
+streams ``max_tokens`` token ids at once (or with a delay per token). It exists to measure the load
+generator's own capacity (benchmarks/loadgen_capacity.py) and to inject faults in tests: HTTP errors,
+stalls, malformed SSE, short streams, a server that never becomes healthy or dies.
+
+    python -m inference_eval.serving.loopback_server --port 8000 [--token-delay 0.01] [--fail-every 3 ...]
+
+Fault options pick every K-th request (1-based count of completion requests received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from aiohttp import web
+
+
+def _chunk(token_id: int, finish: str | None = None) -> bytes:
+    fr = "null" if finish is None else json.dumps(finish)
+    return (b'data: {"id":"cmpl-loopback","object":"text_completion","model":"loopback","choices":[{"index":0,'
+            b'"text":"t","token_ids":[' + str(token_id).encode() + b'],"finish_reason":' + fr.encode() + b'}]}\n\n')
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, finish: str) -> bytes:
+    event = {"id": "cmpl-loopback", "object": "text_completion", "model": "loopback",
+             "choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": finish}],
+             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                       "total_tokens": prompt_tokens + completion_tokens}}
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _picked(every: int, n: int) -> bool:
+    return every > 0 and n % every == 0
+
+
+def make_app(args: argparse.Namespace) -> web.Application:
+    state = {"n": 0}
+    api_key = os.environ.get("LOOPBACK_API_KEY")
+
+    async def health(_request: web.Request) -> web.Response:
+        if args.never_healthy:
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        if api_key and request.headers.get("Authorization") != f"Bearer {api_key}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        state["n"] += 1
+        n = state["n"]
+        body = await request.json()
+        max_tokens = int(body.get("max_tokens") or 16)
+        prompt = body.get("prompt") or []
+        prompt_tokens = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
+        if _picked(args.fail_every, n):
+            return web.json_response({"error": {"message": f"injected HTTP {args.fail_status}"}},
+                                     status=args.fail_status)
+        if _picked(args.stall_every, n):
+            await asyncio.sleep(3600)  # no byte at all: the client's timeout must end it
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        n_tokens = max_tokens
+        if _picked(args.short_every, n):
+            n_tokens = max(0, max_tokens // 2)
+        finish = "length" if n_tokens == max_tokens else "stop"
+        if _picked(args.malformed_every, n):
+            await resp.write(_chunk(7) + b"data: {this is not json\n\n")
+            await resp.write_eof()
+            return resp
+        ids = [(3 + (n * 131 + i * 7) % 31990) for i in range(n_tokens)]
+        if args.token_delay <= 0:
+            await resp.write(b"".join(_chunk(t) for t in ids) + _usage(prompt_tokens, n_tokens, finish) + DONE)
+        else:
+            for t in ids:
+                await asyncio.sleep(args.token_delay)
+                await resp.write(_chunk(t))
+            await resp.write(_usage(prompt_tokens, n_tokens, finish) + DONE)
+        await resp.write_eof()
+        return resp
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "loopback", "object": "model"}]})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens (0: all at once)")
+    p.add_argument("--fail-every", type=int, default=0, help="answer every K-th request with --fail-status")
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--stall-every", type=int, default=0, help="every K-th request: send nothing, ever")
+    p.add_argument("--malformed-every", type=int, default=0, help="every K-th request: broken SSE data")
+    p.add_argument("--short-every", type=int, default=0, help="every K-th request: half the tokens")
+    p.add_argument("--never-healthy", action="store_true", help="/health answers 503 forever")
+    p.add_argument("--exit-at-start", type=int, default=None, help="exit with this code instead of serving")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.exit_at_start is not None:
+        print(f"loopback server: exiting with code {args.exit_at_start} as asked", flush=True)
+        return args.exit_at_start
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    print(f"loopback server on http://{args.host}:{args.port}", flush=True)
+    web.run_app(make_app(args), host=args.host, port=args.port, access_log=None, print=None,
+                handle_signals=True, shutdown_timeout=1.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Per-rate serving metrics from the client's completions.
+
+The first and last ``drop_first``/``drop_last`` requests (in schedule order) are warm-up and drain and
+are left out of the latency and throughput figures; failures are counted over all requests too.
+Latency statistics cover successful requests only; failures are counted, never averaged in.
+
+Definitions (times from the *scheduled* send time):
+- e2e latency: end - scheduled; TTFT: first token - scheduled;
+- TPOT: (end - first token) / (output tokens - 1), per request;
+- ITL: gaps between consecutive streamed chunks, pooled over requests;
+- mean latency per output token (the paper's): mean over requests of e2e / output tokens;
+- sequence / token throughput: successful requests / their output tokens over the measured window
+  (first measured scheduled time to last measured end);
+- achieved rate: (measured requests - 1) / (last - first measured *send* time); send lag: sent - scheduled.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from inference_eval.requests import Completion
+
+STATS = ("mean", "p50", "p90", "p99")
+
+
+def _stats(prefix: str, values: Sequence[float]) -> dict:
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return {f"{prefix}_{s}": float("nan") for s in STATS}
+    return {f"{prefix}_mean": float(arr.mean()), f"{prefix}_p50": float(np.percentile(arr, 50)),
+            f"{prefix}_p90": float(np.percentile(arr, 90)), f"{prefix}_p99": float(np.percentile(arr, 99))}
+
+
+def error_kind(error: str) -> str:
+    """The short class of an error message (``timeout``, ``HTTP 500``, ``bad stream``, ...)."""
+    if not error:
+        return ""
+    head = error.split(":", 1)[0].strip()
+    return head if len(head) <= 40 else head[:40]
+
+
+def measured_window(completions: Sequence[Completion], drop_first: int, drop_last: int) -> list:
+    order = sorted(completions, key=lambda c: c.scheduled_s)
+    n = len(order)
+    if drop_first + drop_last >= n:
+        raise ValueError(f"cannot drop {drop_first} first and {drop_last} last of {n} requests: nothing left; "
+                         f"lower drop_first/drop_last or raise num_requests")
+    return order[drop_first:n - drop_last]
+
+
+def rate_metrics(completions: Sequence[Completion], requested_rate: float, drop_first: int = 0,
+                 drop_last: int = 0) -> dict:
+    """One row of the sweep CSV (metrics only; the caller adds library, model, status...)."""
+    window = measured_window(completions, drop_first, drop_last)
+    ok = [c for c in window if c.ok]
+    failed_all = [c for c in completions if not c.ok]
+    row: dict = {"requested_rate": requested_rate, "n_requests": len(completions), "n_measured": len(window),
+                 "n_ok": len(ok), "n_failed": len(window) - len(ok), "n_failed_total": len(failed_all)}
+    kinds = Counter(error_kind(c.error) or "length" for c in failed_all)
+    row["failures"] = "; ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+    row["first_error"] = next((c.error for c in failed_all if c.error), "")
+
+    t_start = min(c.scheduled_s for c in window)
+    t_end = max(c.end_s for c in window)
+    duration = max(t_end - t_start, 1e-9)
+    out_tokens = sum(c.output_tokens for c in ok)
+    row["duration_s"] = duration
+    row["output_tokens"] = out_tokens
+    row["sequence_throughput_req_s"] = len(ok) / duration
+    row["token_throughput_tok_s"] = out_tokens / duration
+
+    sent = sorted(c.sent_s for c in window if c.sent_s)
+    row["achieved_rate"] = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and sent[-1] > sent[0] else float("nan")
+    row["achieved_over_requested"] = row["achieved_rate"] / requested_rate if np.isfinite(requested_rate) else float("nan")
+    lag = [c.sent_s - c.scheduled_s for c in window if c.sent_s]
+    row["send_lag_mean_s"] = float(np.mean(lag)) if lag else float("nan")
+    row["send_lag_p50_s"] = float(np.percentile(lag, 50)) if lag else float("nan")
+    row["send_lag_p99_s"] = float(np.percentile(lag, 99)) if lag else float("nan")
+    row["send_lag_max_s"] = float(np.max(lag)) if lag else float("nan")
+
+    e2e = [c.end_s - c.scheduled_s for c in ok]
+    row["mean_latency_per_output_token_s"] = (float(np.mean([(c.end_s - c.scheduled_s) / c.output_tokens for c in ok]))
+                                              if ok else float("nan"))
+    row.update(_stats("e2e_s", e2e))
+    row.update(_stats("ttft_s", [c.first_token_s - c.scheduled_s for c in ok if c.first_token_s]))
+    row.update(_stats("tpot_s", [(c.end_s - c.first_token_s) / (c.output_tokens - 1)
+                                 for c in ok if c.output_tokens > 1 and c.first_token_s]))
+    itl = [g for c in ok for g in np.diff(c.token_times_s)] if ok else []
+    row.update(_stats("itl_s", itl))
+    return row

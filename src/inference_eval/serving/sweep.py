@@ -1,0 +1,274 @@
+"""A serving sweep: one server for a (library, model, dataset), the load generator at each request rate,
+one CSV row per rate plus, under the run folder, per-rate request CSVs, the server log and a JSON
+record with provenance. A library that is missing or fails still writes its CSV (one row with status
+and reason) and its record: never a silent gap.
+
+Row status: ``ok`` (every request returned exactly its tokens), ``invalid`` (some failed or came back
+with the wrong length: the row's numbers are not comparable), ``failed`` (none succeeded, or the server
+failed), ``not_installed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from inference_eval.backends.base import ModelFiles
+from inference_eval.io import write_csv, write_json
+from inference_eval.report.provenance import provenance, utc_now
+from inference_eval.requests import Request, completion_to_row, load_requests
+from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
+from inference_eval.serving.launch import ServerError, ServerProcess, start_server, terminate_on_sigterm
+from inference_eval.serving.metrics import rate_metrics
+from inference_eval.serving.schedule import make_schedule
+from inference_eval.serving.servers import ServerSpec, server_spec
+
+IDENTITY = ("library", "model", "dataset", "dataset_source", "hardware", "rate", "status", "reason")
+METRIC_COLUMNS = (
+    "requested_rate", "achieved_rate", "achieved_over_requested", "n_requests", "n_measured", "n_ok", "n_failed",
+    "n_failed_total", "failures", "first_error", "duration_s", "output_tokens", "sequence_throughput_req_s",
+    "token_throughput_tok_s", "mean_latency_per_output_token_s",
+    *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
+    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s")
+COLUMNS = IDENTITY + METRIC_COLUMNS
+WARMUP_TOKENS = 4
+
+
+class ServingConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ServingSettings:
+    rates: list[float]
+    num_requests: int
+    arrival: str
+    burstiness: float
+    max_concurrency: int | None
+    drop_first: int
+    drop_last: int
+    request_timeout_s: float
+    health_timeout_s: float
+    host: str
+    port: int | None
+    api_key: str | None
+    seed: int
+    max_tokens_cap: int | None
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "ServingSettings":
+        """``cfg['scenario']`` (conf/scenario/serving.yaml); nulls fall back to ``cfg['hardware']['scale']``."""
+        sc, scale = cfg.get("scenario") or {}, (cfg.get("hardware") or {}).get("scale") or {}
+
+        def pick(key, fallback_key, default=None):
+            v = sc.get(key)
+            return scale.get(fallback_key, default) if v is None else v
+
+        rates = pick("rates", "serving_rates")
+        if not rates:
+            raise ServingConfigError("no request rates: set scenario.rates or hardware.scale.serving_rates")
+        try:
+            rates = [float(r) for r in (rates if isinstance(rates, (list, tuple)) else [rates])]
+        except (TypeError, ValueError):
+            raise ServingConfigError(f"scenario.rates must be numbers, got {rates!r}") from None
+        if any(not r > 0 for r in rates):
+            raise ServingConfigError(f"scenario.rates must be > 0, got {rates}")
+        warm = int(scale.get("drop_warmup") or 0)
+        num = pick("num_requests", "serving_requests")
+        if num is None or int(num) < 1:
+            raise ServingConfigError(f"scenario.num_requests must be >= 1, got {num!r}")
+        drop_first = int(sc["drop_first"]) if sc.get("drop_first") is not None else warm
+        drop_last = int(sc["drop_last"]) if sc.get("drop_last") is not None else warm
+        if drop_first + drop_last >= int(num):
+            raise ServingConfigError(f"drop_first ({drop_first}) + drop_last ({drop_last}) must be below "
+                                     f"num_requests ({num})")
+        host = str(sc.get("host") or "127.0.0.1")
+        return cls(rates=rates, num_requests=int(num), arrival=str(sc.get("arrival") or "poisson"),
+                   burstiness=float(sc.get("burstiness") or 1.0),
+                   max_concurrency=int(sc["max_concurrency"]) if sc.get("max_concurrency") else None,
+                   drop_first=drop_first, drop_last=drop_last,
+                   request_timeout_s=float(sc.get("request_timeout_s") or 600),
+                   health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
+                   port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
+                   seed=int(cfg.get("seed") or 0),
+                   max_tokens_cap=int(scale["max_tokens_cap"]) if scale.get("max_tokens_cap") else None)
+
+    def public(self) -> dict:
+        d = dict(self.__dict__)
+        d["api_key"] = "<redacted>" if self.api_key else None
+        return d
+
+
+def build_requests(rows: Sequence[Request], n: int, max_tokens_cap: int | None = None) -> list[Request]:
+    """``n`` requests in dataset order, cycling the rows when the dataset is shorter than ``n``
+    (ids get a ``#k`` suffix on later passes); ``max_tokens`` capped by the hardware profile's scale."""
+    if not rows:
+        raise ValueError("no dataset rows to build requests from")
+    out = []
+    for i in range(n):
+        r = rows[i % len(rows)]
+        mt = min(r.max_tokens, max_tokens_cap) if max_tokens_cap else r.max_tokens
+        rid = r.id if i < len(rows) else f"{r.id}#{i // len(rows)}"
+        out.append(Request(id=rid, prompt_token_ids=r.prompt_token_ids, max_tokens=mt, prompt=r.prompt))
+    return out
+
+
+def prompt_texts(requests: Sequence[Request], hf_dir: str | None) -> dict[str, str]:
+    """Text prompts for servers that take only text: the row's own text, else its ids decoded with the
+    model's tokenizer. (The server tokenizes this again; its count is recorded as server_prompt_tokens.)"""
+    texts = {r.id: r.prompt for r in requests if r.prompt}
+    missing = [r for r in requests if not r.prompt]
+    if missing:
+        if not hf_dir:
+            raise ValueError("requests have no prompt text and no tokenizer folder was given to decode their ids")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        for r in missing:
+            texts[r.id] = tok.decode(list(r.prompt_token_ids), skip_special_tokens=True)
+    return texts
+
+
+def dataset_source(cfg: dict, rows_path: str | Path | None) -> tuple[str, bool | None]:
+    ds = cfg.get("dataset") or {}
+    source, synthetic = ds.get("source") or ds.get("name") or "", ds.get("synthetic")
+    if rows_path:
+        manifest = Path(rows_path).with_name("manifest.json")
+        if manifest.exists():
+            try:
+                m = json.loads(manifest.read_text())
+                source = m.get("source") or source
+                synthetic = m.get("synthetic", synthetic)
+            except (OSError, ValueError):
+                pass
+    if isinstance(source, dict):
+        source = source.get("name") or json.dumps(source, sort_keys=True)
+    return str(source), synthetic
+
+
+def _request_rows(completions: Sequence[ServedCompletion], rate: float) -> pd.DataFrame:
+    rows = []
+    for c in completions:
+        row = completion_to_row(c)
+        row["rate"] = rate
+        row["send_lag_s"] = c.sent_s - c.scheduled_s if c.sent_s else float("nan")
+        row["token_times_s"] = " ".join(f"{t:.6f}" for t in c.token_times_s)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _rate_status(completions: Sequence[ServedCompletion]) -> tuple[str, str]:
+    bad = [c for c in completions if not c.ok]
+    if not bad:
+        return "ok", ""
+    status = "failed" if len(bad) == len(completions) else "invalid"
+    first = next((c.error for c in bad if c.error), "wrong length")
+    return status, f"{len(bad)}/{len(completions)} requests failed or had the wrong length; first: {first}"
+
+
+def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str | Path, run_dir: str | Path,
+              spec: ServerSpec | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """Run the sweep of ``cfg`` (a job config from ``PIPELINE.job(..., scenario='serving')``) and write
+    ``out_csv`` and ``run_dir/{record.json, server.log, requests_rate<r>.csv}``. Returns the rows."""
+    started = utc_now()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    library = cfg["library"]["name"]
+    spec = spec or server_spec(library)
+    settings = ServingSettings.from_cfg(cfg)
+    source, synthetic = dataset_source(cfg, rows_path)
+    ident = {"library": library, "model": cfg["model"]["name"],
+             "dataset": dataset or (cfg.get("dataset") or {}).get("task") or (cfg.get("dataset") or {}).get("name", ""),
+             "dataset_source": source, "hardware": cfg["hardware"]["name"]}
+    record = {"kind": "serving", **ident, "dataset_member": (cfg.get("dataset") or {}).get("name"),
+              "synthetic": synthetic, "settings": settings.public(), "server_command": None,
+              "server_log": None, "rates": [], "status": None, "reason": ""}
+    rows: list[dict] = []
+
+    def finish(status: str, reason: str) -> pd.DataFrame:
+        if not rows:
+            rows.append({**ident, "rate": float("nan"), "status": status, "reason": reason})
+        record["status"], record["reason"] = status, reason
+        record["rates"] = rows
+        record["provenance"] = provenance(cfg, started=started)
+        frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+        write_json(run_dir / "record.json", record)
+        write_csv(out_csv, frame)
+        return frame
+
+    reason = spec.unavailable_reason()
+    if reason:
+        return finish("not_installed", reason)
+    try:
+        spec.check_files(files)
+        requests = build_requests(load_requests(rows_path), settings.num_requests, settings.max_tokens_cap)
+        texts = prompt_texts(requests, files.hf_dir) if spec.prompt_as_text else {}
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        return finish("failed", f"cannot prepare the run: {exc}")
+
+    model_name = spec.served_name(cfg, files)
+
+    def body_for(r: Request) -> dict:
+        return spec.body(r, model_name, texts.get(r.id))
+
+    log_path = run_dir / "server.log"
+    record["server_log"] = str(log_path)
+    server: ServerProcess | None = None
+    with terminate_on_sigterm():
+        try:
+            server = start_server(lambda port: spec.command(cfg, files, settings.host, port, settings.api_key),
+                                  log_path, host=settings.host, port=settings.port, health_path=spec.health_path,
+                                  health_timeout_s=settings.health_timeout_s, api_key=settings.api_key,
+                                  tag=f"ie-sweep-{uuid.uuid4().hex[:12]}")
+            record["server_command"] = server.argv_logged
+            load = LoadSettings(url=server.base_url + spec.completions_path,
+                                request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
+                                api_key=settings.api_key, length_from_finish_reason=spec.length_from_finish_reason)
+            _warm_up(requests[0], lambda probe: spec.body(probe, model_name, texts.get(requests[0].id)), load)
+            for rate in settings.rates:
+                rows.append(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident))
+        except ServerError as exc:
+            msg = str(exc).splitlines()[0]
+            done = {r["rate"] for r in rows}
+            rows.extend({**ident, "rate": rate, "status": "failed", "reason": f"server: {msg}"}
+                        for rate in settings.rates if rate not in done)
+            return finish("failed", f"server: {msg}")
+        finally:
+            if server is not None:
+                server.stop()
+    statuses = {r["status"] for r in rows}
+    overall = "ok" if statuses == {"ok"} else ("failed" if statuses == {"failed"} else "invalid")
+    reasons = "; ".join(f"rate {r['rate']:g}: {r['reason']}" for r in rows if r["reason"])
+    return finish(overall, reasons)
+
+
+def _warm_up(first: Request, body_for, load: LoadSettings) -> None:
+    """One short request before measuring: loads lazily-loaded models, fails fast on a broken server."""
+    probe = Request(id="warmup", prompt_token_ids=first.prompt_token_ids,
+                    max_tokens=min(WARMUP_TOKENS, first.max_tokens), prompt=first.prompt)
+    warm_load = LoadSettings(url=load.url, request_timeout_s=load.request_timeout_s, api_key=load.api_key,
+                             progress=False, length_from_finish_reason=load.length_from_finish_reason)
+    (c,) = run_load([probe], make_schedule(1, math.inf), body_for, warm_load)
+    if not c.ok:
+        raise ServerError(f"warm-up request failed: {c.error or 'wrong length'}")
+
+
+def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: ServingSettings,
+              server: ServerProcess, run_dir: Path, ident: dict) -> dict:
+    if not server.alive():
+        raise ServerError(f"server exited with code {server.returncode()} before rate {rate:g}: "
+                          f"{server.log_tail(300)!r}")
+    schedule = make_schedule(len(requests), rate, settings.arrival, settings.burstiness, settings.seed)
+    completions = run_load(requests, schedule, body_for, load)
+    write_csv(run_dir / f"requests_rate{rate:g}.csv", _request_rows(completions, rate))
+    status, reason = _rate_status(completions)
+    if not server.alive():
+        status = "failed" if status == "failed" else "invalid"
+        reason = f"server exited with code {server.returncode()} during this rate; " + reason
+    metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last)
+    return {**ident, "rate": rate, "status": status, "reason": reason, **metrics}

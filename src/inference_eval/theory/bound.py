@@ -1,0 +1,163 @@
+"""End-to-end roofline bound of a dataset: the least time any library could take for it on a hardware.
+
+The model of the ideal run, stated:
+- Requests are the dataset rows a batch run uses (``run_requests``: the first rows up to the job's row
+  limit, outputs capped as the job's config says); prompt lengths are counted from token ids, outputs
+  are ``max_tokens``.
+- Batch size B: the largest number of sequences whose KV cache fits beside the weights in device memory
+  when every sequence holds the dataset's longest context (prompt + output); activations and workspace
+  are not counted (a bound must not be pessimistic). A model whose weights alone do not fit gets a row
+  with status ``does_not_fit`` and no bound.
+- Prefill: requests in groups of B; a group reads the weights once and does every request's prefill
+  FLOPs (causal attention: only the visible (query, key) pairs) and activation bytes (fused model); its
+  time is max(FLOPs/peak, bytes/bandwidth). The prefill produces each request's first output token.
+- Decode: the other ``max_tokens - 1`` tokens of each request, one per decode step, continuous batching
+  over B slots (longest request first, a freed slot taken at once). A step reads the weights once, and
+  every active sequence's KV cache up to its context; its time is its roofline time.
+- bound_s = prefill_s + decode_s (no overlap of prefill with decode is assumed).
+"""
+
+from __future__ import annotations
+
+import heapq
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from inference_eval.requests import Request, load_requests
+from inference_eval.theory.hardware import Ceilings, ceilings
+from inference_eval.theory.ops import FUSED, ModelShape, model_total
+from inference_eval.theory.roofline import roofline_time
+
+OK, DOES_NOT_FIT = "ok", "does_not_fit"
+COLUMNS = ["model", "dataset", "dataset_member", "synthetic", "hardware", "status", "reason", "batch_size", "n_requests",
+           "input_tokens", "output_tokens", "max_context", "decode_steps", "prefill_s", "decode_s", "bound_s",
+           "bound_throughput_tok_s", "weights_gb", "kv_cache_gb_per_sequence", "peak_tflops", "bandwidth_gbs",
+           "ceilings_source", "config_hash"]
+
+
+def run_limits(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(row limit, output-token cap) a batch run of this config uses: the smaller of the dataset's
+    (``dataset.limit``, ``dataset.max_tokens_cap``; the builder already applied them to rows.jsonl)
+    and the hardware profile's (``hardware.scale.dataset_limit``, ``hardware.scale.max_tokens_cap``)."""
+    dataset = cfg.get("dataset") or {}
+    scale = (cfg.get("hardware") or {}).get("scale") or {}
+
+    def smallest(*values):
+        given = [int(v) for v in values if v is not None]
+        return min(given) if given else None
+
+    return (smallest(dataset.get("limit"), scale.get("dataset_limit")),
+            smallest(dataset.get("max_tokens_cap"), scale.get("max_tokens_cap")))
+
+
+def run_requests(rows_path: str | Path, cfg: Mapping[str, Any]) -> list[Request]:
+    limit, cap = run_limits(cfg)
+    requests = load_requests(rows_path, limit=limit)
+    if cap is None:
+        return requests
+    return [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in requests]
+
+
+def max_batch_size(shape: ModelShape, c: Ceilings, max_context: int, n_requests: int) -> int:
+    free = c.memory_bytes - shape.weight_bytes()
+    if free <= 0:
+        return 0
+    return int(min(n_requests, free // (shape.kv_bytes_per_token() * max_context)))
+
+
+def prefill_time(shape: ModelShape, c: Ceilings, prompt_lens: np.ndarray, batch_size: int) -> float:
+    cost = model_total(shape, 1, prompt_lens, "prefill", causal=True)
+    flops = np.broadcast_to(np.asarray(cost.flops, dtype=float), prompt_lens.shape)
+    nbytes = np.broadcast_to(np.asarray(cost.bytes(FUSED), dtype=float), prompt_lens.shape)
+    shared = float(cost.weight_bytes(FUSED))
+    total = 0.0
+    for start in range(0, len(prompt_lens), batch_size):
+        group = slice(start, start + batch_size)
+        k = len(prompt_lens[group])
+        total += float(roofline_time(flops[group].sum(), nbytes[group].sum() - (k - 1) * shared, c))
+    return total
+
+
+def decode_schedule(prompt_lens: np.ndarray, decode_tokens: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per decode step: how many sequences are active and the sum of their contexts.
+
+    Continuous batching over ``batch_size`` slots, longest request first. Request i's j-th decode step
+    (j = 1 .. decode_tokens[i]) runs at context prompt_lens[i] + j (the new token included).
+    """
+    n = len(prompt_lens)
+    starts = np.zeros(n, dtype=np.int64)
+    slots = [0] * batch_size
+    for i in np.argsort(-decode_tokens, kind="stable"):
+        if decode_tokens[i] == 0:
+            continue
+        starts[i] = heapq.heappop(slots)
+        heapq.heappush(slots, int(starts[i] + decode_tokens[i]))
+    ends = starts + decode_tokens
+    steps = int(ends.max()) if n else 0
+    active = decode_tokens > 0
+    count = np.zeros(steps + 1, dtype=np.int64)
+    offset = np.zeros(steps + 1, dtype=np.float64)  # context at step t = (prompt + 1 - start) + t
+    np.add.at(count, starts[active], 1)
+    np.add.at(count, ends[active], -1)
+    const = (prompt_lens + 1 - starts).astype(np.float64)
+    np.add.at(offset, starts[active], const[active])
+    np.add.at(offset, ends[active], -const[active])
+    count = np.cumsum(count)[:steps]
+    context_sum = np.cumsum(offset)[:steps] + np.arange(steps) * count
+    return count, context_sum
+
+
+def decode_time(shape: ModelShape, c: Ceilings, prompt_lens: np.ndarray, decode_tokens: np.ndarray,
+                batch_size: int) -> tuple[float, int]:
+    count, context_sum = decode_schedule(prompt_lens, decode_tokens, batch_size)
+    if len(count) == 0:
+        return 0.0, 0
+    # Every decode cost is affine in each sequence's context, so a step's cost is that of `count`
+    # sequences at the mean context.
+    cost = model_total(shape, count, context_sum / count, "decode", causal=True)
+    return float(np.sum(roofline_time(cost.flops, cost.bytes(FUSED), c))), len(count)
+
+
+def dataset_bound(requests: Sequence[Request], shape: ModelShape, c: Ceilings) -> dict:
+    """The bound's numbers for one model on one dataset (a row of ``<dataset>_bound.csv``, less the names)."""
+    prompt_lens = np.array([r.prompt_len for r in requests], dtype=np.int64)
+    outputs = np.array([r.max_tokens for r in requests], dtype=np.int64)
+    max_context = int((prompt_lens + outputs).max())
+    batch = max_batch_size(shape, c, max_context, len(requests))
+    row = {"n_requests": len(requests), "input_tokens": int(prompt_lens.sum()), "output_tokens": int(outputs.sum()),
+           "max_context": max_context, "batch_size": batch, "weights_gb": shape.weight_bytes() / 1e9,
+           "kv_cache_gb_per_sequence": shape.kv_bytes_per_token() * max_context / 1e9,
+           "peak_tflops": c.peak_flops / 1e12, "bandwidth_gbs": c.bandwidth / 1e9, "ceilings_source": c.source}
+    if batch < 1:
+        need = shape.weight_bytes() + shape.kv_bytes_per_token() * max_context
+        row.update(status=DOES_NOT_FIT, reason=(
+            f"weights {shape.weight_bytes() / 1e9:.1f} GB + one sequence's KV cache at context {max_context} "
+            f"({need / 1e9:.1f} GB) exceed {c.hardware}'s {c.memory_bytes / 1e9:.0f} GB"),
+            prefill_s=float("nan"), decode_s=float("nan"), bound_s=float("nan"),
+            bound_throughput_tok_s=float("nan"), decode_steps=0)
+        return row
+    prefill = prefill_time(shape, c, prompt_lens, batch)
+    decode, steps = decode_time(shape, c, prompt_lens, outputs - 1, batch)
+    total = prefill + decode
+    row.update(status=OK, reason="", prefill_s=prefill, decode_s=decode, bound_s=total, decode_steps=steps,
+               bound_throughput_tok_s=row["output_tokens"] / total)
+    return row
+
+
+def bound_table(rows_path: str | Path, cfgs: Mapping[str, Mapping[str, Any]], dataset: str) -> pd.DataFrame:
+    """``<dataset>_bound.csv``: one row per model; ``cfgs`` maps model name -> that job's resolved config."""
+    from inference_eval.config import config_hash
+
+    out = []
+    for model, cfg in cfgs.items():
+        shape = ModelShape.from_config(cfg["model"])
+        c = ceilings(cfg["hardware"], shape.dtype)
+        row = dataset_bound(run_requests(rows_path, cfg), shape, c)
+        row.update(model=model, dataset=dataset, dataset_member=Path(rows_path).parent.name,
+                   synthetic=bool((cfg.get("dataset") or {}).get("synthetic", False)), hardware=c.hardware,
+                   config_hash=config_hash(cfg))
+        out.append(row)
+    return pd.DataFrame(out, columns=COLUMNS)

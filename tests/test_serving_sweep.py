@@ -1,0 +1,110 @@
+"""The rate sweep, its CSV/record/figure and the loadgen CLI, against the loopback streaming server."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from inference_eval.backends.base import ModelFiles
+from inference_eval.config import compose
+from inference_eval.requests import Request
+from inference_eval.serving.launch import TAG_ENV, start_server
+from inference_eval.serving.procaudit import ProcessAudit
+from inference_eval.serving.servers import LoopbackServer, MiiServer, TrtLlmServer
+from inference_eval.serving.sweep import COLUMNS, ServingConfigError, ServingSettings, build_requests, run_sweep
+
+
+@pytest.fixture(autouse=True)
+def no_survivors(monkeypatch):
+    audit = ProcessAudit()
+    monkeypatch.setenv(TAG_ENV, audit.tag)
+    yield audit
+    assert not audit.survivors(), "a server process survived"
+
+
+def _rows(path: Path, n=6) -> Path:
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"r{i}", "prompt": "", "prompt_token_ids": [1, 5 + i], "max_tokens": 8 + i}) + "\n")
+    return path
+
+
+def _cfg(*ov):
+    return compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu", *ov])
+
+
+def test_settings_fall_back_to_hardware_scale():
+    s = ServingSettings.from_cfg(_cfg())
+    scale = _cfg()["hardware"]["scale"]
+    assert s.rates == [float(r) for r in scale["serving_rates"]]
+    assert s.num_requests == scale["serving_requests"]
+    assert s.drop_first == s.drop_last == scale["drop_warmup"]
+    assert s.host == "127.0.0.1" and s.arrival == "poisson"
+    s2 = ServingSettings.from_cfg(_cfg("scenario.rates=[3]", "scenario.num_requests=10", "scenario.drop_first=0"))
+    assert (s2.rates, s2.num_requests, s2.drop_first) == ([3.0], 10, 0)
+    with pytest.raises(ServingConfigError, match="drop_first"):
+        ServingSettings.from_cfg(_cfg("scenario.num_requests=3", "scenario.drop_first=2", "scenario.drop_last=2"))
+
+
+def test_build_requests_cycles_rows_and_caps_length():
+    rows = [Request(id="a", prompt_token_ids=(1,), max_tokens=100), Request(id="b", prompt_token_ids=(2,), max_tokens=5)]
+    reqs = build_requests(rows, 5, max_tokens_cap=16)
+    assert [r.id for r in reqs] == ["a", "b", "a#1", "b#1", "a#2"]
+    assert [r.max_tokens for r in reqs] == [16, 5, 16, 5, 16]
+
+
+def test_sweep_writes_rows_record_and_request_files(tmp_path):
+    rows = _rows(tmp_path / "rows.jsonl")
+    cfg = _cfg("scenario.rates=[20.0,40.0]", "scenario.num_requests=14", "scenario.drop_first=2", "scenario.drop_last=2")
+    out = tmp_path / "serving" / "vllm_tiny-llama_s2s.csv"
+    frame = run_sweep(cfg, rows, ModelFiles(), out, tmp_path / "run", spec=LoopbackServer(), dataset="s2s")
+    disk = pd.read_csv(out)
+    assert list(disk.columns) == list(COLUMNS)
+    assert disk["rate"].tolist() == [20.0, 40.0] and set(disk["status"]) == {"ok"}
+    assert (disk["n_ok"] == 10).all() and (disk["n_failed_total"] == 0).all()
+    assert disk[["library", "model", "dataset", "hardware"]].iloc[0].tolist() == ["vllm", "tiny-llama", "s2s", "cpu"]
+    # every request came back with exactly its tokens, counted from the stream's ids
+    reqs = pd.read_csv(tmp_path / "run" / "requests_rate20.csv")
+    assert len(reqs) == 14 and reqs["ok"].all()
+    assert (reqs["output_tokens"] == reqs["requested_tokens"]).all()
+    assert (reqs["sent_s"] >= reqs["scheduled_s"]).all() and (reqs["end_s"] >= reqs["first_token_s"]).all()
+    assert reqs["token_times_s"].str.split().map(len).tolist() == reqs["output_tokens"].tolist()
+    assert (disk["achieved_over_requested"].between(0.5, 2.0)).all()
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["kind"] == "serving" and record["status"] == "ok"
+    assert record["provenance"]["config_hash"] and record["settings"]["rates"] == [20.0, 40.0]
+    assert "loopback_server" in " ".join(record["server_command"])
+    assert frame.shape[0] == 2
+
+    from inference_eval.serving.figures import load_sweeps, serving_figure
+    missing = tmp_path / "mii.csv"
+    run_sweep(compose(["scenario=serving", "library=mii", "model=tiny-llama", "hardware=cpu"]), rows, ModelFiles(),
+              missing, tmp_path / "run-mii", dataset="s2s")
+    fig = tmp_path / "figures" / "serving_s2s.png"
+    serving_figure(load_sweeps([out, missing]), fig)
+    assert fig.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("spec_cls,library", [(MiiServer, "mii"), (TrtLlmServer, "trtllm")])
+def test_missing_library_is_one_row_with_reason(tmp_path, spec_cls, library):
+    reason = spec_cls().unavailable_reason()
+    if reason is None:
+        pytest.skip(f"{library} is installed here")
+    cfg = compose(["scenario=serving", f"library={library}", "model=tiny-llama", "hardware=cpu"])
+    frame = run_sweep(cfg, _rows(tmp_path / "rows.jsonl"), ModelFiles(), tmp_path / "o.csv", tmp_path / "run",
+                      dataset="s2s")
+    assert len(frame) == 1 and frame.loc[0, "status"] == "not_installed"
+    assert frame.loc[0, "reason"] == reason and "not installed" in reason
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "not_installed"
+
+
+def test_loadgen_cli_against_running_server(tmp_path):
+    from inference_eval.cli import main
+
+    spec = LoopbackServer()
+    with start_server(lambda p: spec.command({}, None, "127.0.0.1", p, None), tmp_path / "s.log") as srv:
+        rc = main(["loadgen", "--url", srv.base_url, "--rows", str(_rows(tmp_path / "rows.jsonl")), "--rate", "30",
+                   "--rate", "60", "--num-requests", "20", "--dialect", "loopback", "--out", str(tmp_path / "m.csv")])
+    assert rc == 0
+    m = pd.read_csv(tmp_path / "m.csv")
+    assert m["requested_rate"].tolist() == [30.0, 60.0] and (m["n_ok"] == 20).all()

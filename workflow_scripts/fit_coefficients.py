@@ -1,0 +1,4 @@
+# Thin entry of rule fit_coefficients (rules/profiling.smk): the time models of every profiled library.
+from inference_eval.profiling.workflow import fit_coefficients
+
+fit_coefficients(list(snakemake.input.points), snakemake.output.coefficients, snakemake.output.predictions)

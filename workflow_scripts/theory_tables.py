@@ -1,0 +1,8 @@
+"""Rule theory_ops / theory_roofline: the paper's Tables 4 and 5 (CSV) or the roofline figure (PNG)."""
+from inference_eval.theory.workflow import write_op_table, write_roofline
+
+if snakemake.rule == "theory_roofline":  # noqa: F821 (injected by Snakemake)
+    write_roofline(snakemake.input.table, snakemake.output.figure, snakemake.params.cfg)  # noqa: F821
+else:
+    write_op_table(snakemake.output.table, snakemake.params.cfg, int(snakemake.wildcards.batch),  # noqa: F821
+                   int(snakemake.wildcards.seq), causal=bool(snakemake.params.causal))  # noqa: F821
