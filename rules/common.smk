@@ -66,6 +66,14 @@ def fine_grain_targets(hardware):
     return theory_targets(hardware) + module_targets(hardware)
 
 
+def importable(module):
+    """Whether a library is importable where Snakemake plans the DAG. Weights files (13 GB for a 7B
+    model) are planned only for libraries that can use them; a missing one records its reason."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def model_files(wildcards):
     """Inputs a batch or serving job of {library} needs from the models rules (rules/models.smk)."""
     m, lib = wildcards.model, wildcards.library
@@ -73,8 +81,13 @@ def model_files(wildcards):
     if lib == "llamacpp":
         dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
         files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
-    if lib == "mii":  # mii.pipeline loads a model folder with weights
+    if lib == "mii" and importable("mii"):  # mii.pipeline loads a model folder with weights
         files["weights"] = f"{RESULTS}/models/{m}/weights/model.safetensors"
     if lib == "trtllm":
         files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"
     return files
+
+
+# Timed jobs (batch, serving, module profiling) take every core the run was given, so no two
+# measurements share the machine; cheap jobs still run side by side.
+MEASURE_THREADS = max(1, int(workflow.cores or 1))

@@ -46,10 +46,8 @@ rule gguf:
 def trtllm_engine_inputs(wildcards):
     # The engine build needs weights on disk; where TensorRT-LLM is not importable the build only
     # records "not installed", so a 7B weights file (13 GB) is not written just for that.
-    import importlib.util
-
     files = {"hf": f"{RESULTS}/models/{wildcards.model}/hf/config.json"}
-    if importlib.util.find_spec("tensorrt_llm") is not None:
+    if importable("tensorrt_llm"):
         files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
     return files
 

@@ -68,6 +68,7 @@ rule profile_modules:
         variant=PROFILED_VARIANTS,
     params:
         cfg=profiling_job,
+    threads: MEASURE_THREADS
     resources:
         **hardware_resources,
     script:

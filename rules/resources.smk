@@ -56,6 +56,8 @@ CPU_LOCALRULES = [
     "prepare_model",                             # rules/models.smk (config + tokenizer files only)
     "theory_ops", "theory_roofline", "dataset_bound",  # rules/theory.smk
     "dataset_table", "throughput_figure",        # rules/report.smk
+    "serving_figure",                            # rules/serving.smk
+    "fit_coefficients", "module_figures",        # rules/profiling.smk
 ]
 
 

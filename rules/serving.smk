@@ -20,10 +20,13 @@ def serving_targets(hardware):
     return out
 
 
+SERVER_MODULES = {"transformers": "transformers", "mii": "mii", "trtllm": "tensorrt_llm"}
+
+
 def serving_model_files(wildcards):
     """model_files (common.smk) plus the written-out weights for servers that load files."""
     files = dict(model_files(wildcards))
-    if wildcards.library in ("transformers", "mii", "trtllm"):
+    if wildcards.library in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[wildcards.library]):
         files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
     return files
 
@@ -38,6 +41,7 @@ rule serving_sweep:
     params:
         cfg=lambda wc: PIPELINE.job(dataset=wc.dataset, library=wc.library, model=wc.model,
                                     hardware=wc.hardware, scenario="serving"),
+    threads: MEASURE_THREADS
     resources:
         **hardware_resources,
     script:

@@ -12,6 +12,7 @@ get no record: the script writes its own failed record, or the job is simply rer
 Command line (rules/resources.smk calls `collect` from `onerror`):
     python scripts/slurm_failures.py collect [SNAKEMAKE_LOG ...]   # default: the newest .snakemake/log
     python scripts/slurm_failures.py list [RESULTS_DIR]            # failure records present
+    python scripts/slurm_failures.py clear [RESULTS_DIR]           # remove them: resubmitting retries
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ def parse_failed_slurm_jobs(log_text: str) -> list[FailedJob]:
         if not slurm_id:
             continue  # not a SLURM job (a local rule) or not submitted
         jobid = _field(block, "jobid") or ""
-        log = _field(block, "log")
-        if log:
-            log = log.split(" (check log")[0].split(", ")[0]
+        # "log:" lists the rule's own logs, then the SLURM log: <slurm logdir>/rule_x/<wildcards>/<id>.log
+        logs = (_field(block, "log") or "").split(" (check log")[0].split(", ")
+        log = next((p for p in logs if p.endswith(f"/{slurm_id}.log")), logs[-1] or None)
         outputs = [o.strip() for o in (_field(block, "output") or "").split(", ") if o.strip()]
         failed[slurm_id] = FailedJob(rule=m.group(1), jobid=jobid, slurm_job_id=slurm_id, outputs=outputs,
                                      slurm_log=log, message=_field(block, "message") or "",
@@ -194,15 +195,21 @@ def _newest_log() -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("collect", "list"):
+    if not argv or argv[0] not in ("collect", "list", "clear"):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "collect":
         for path in collect([Path(p) for p in argv[1:]] or _newest_log()):
             print(path)
-    else:
-        root = Path(argv[1] if len(argv) > 1 else "results")
-        for path in sorted(root.rglob(f"*{SUFFIX}")):
+        return 0
+    root = Path(argv[1] if len(argv) > 1 else "results")
+    if not root.is_dir():
+        raise SystemExit(f"no results folder {root}")
+    for path in sorted(root.rglob(f"*{SUFFIX}")):
+        if argv[0] == "clear":
+            path.unlink()
+            print(f"removed {path}")
+        else:
             rec = json.loads(path.read_text())
             print(f"{path}\t{rec.get('status')}\t{rec.get('reason')}")
     return 0

@@ -95,6 +95,8 @@ def test_ok_record_has_every_field_and_csv_rows(tmp_path):
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(len(MIXED))]
     assert all(r["ok"] == "True" for r in rows)
     assert (tmp_path / "cpu" / "batch" / "s2s.log").exists()
+    assert record["warmup_time_s"] is not None  # one untimed short request before the measured call
+    assert not any(r["id"].startswith("warmup") for r in rows)
 
 
 def test_record_without_manifest_falls_back_to_config(tmp_path):

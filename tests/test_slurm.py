@@ -66,7 +66,7 @@ MAIN_LOG = textwrap.dedent("""\
         message: SLURM-job '6' failed, SLURM status is: 'FAILED'. Detailed failure reason unavailable (status command is not 'sacct').
         jobid: 3
         output: results/cpu/batch/transformers/tiny-llama/s2s.json, results/cpu/batch/transformers/tiny-llama/s2s.requests.csv
-        log: /w/.snakemake/slurm_logs/rule_batch_run/cpu_transformers_tiny-llama_s2s/6.log (check log file(s) for error details)
+        log: results/cpu/batch/transformers/tiny-llama/s2s.log, /w/.snakemake/slurm_logs/rule_batch_run/cpu_transformers_tiny-llama_s2s/6.log (check log file(s) for error details)
         external_jobid: 6
     Error in rule dataset_table:
         jobid: 5
@@ -151,7 +151,9 @@ def test_slurm_profile_plans_the_a100_column(tmp_path):
         assert "wildcards: hardware=a100" in block
         assert "slurm_partition=gpu" in block and "constraint=a100" in block and "gpu=1" in block, block
         assert "mem_mb=64000" in block and "runtime=240" in block and "cpus_per_task=8" in block, block
-    assert re.search(r"localrule dataset_table:", text), text[-3000:]
+    # CPU rules carry no GPU request (they run on the login node: `localrule: True`)
+    table_block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if "rule dataset_table:" in b)
+    assert "gpu=" not in table_block and "slurm_partition" not in table_block, table_block
 
 
 # ---------------------------------------------------------------- a real one-node SLURM
@@ -273,14 +275,74 @@ def test_smoke_kill_becomes_a_row_and_resubmission_reruns_only_missing(local_slu
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_smoke_time_limit_becomes_a_timeout_record(local_slurm, tmp_path):
-    """SLURM enforces time limits in whole minutes, checked every 30 s: this test takes 1.5-2 minutes."""
+    """SLURM enforces time limits in whole minutes, checked every 30 s: this test takes about 2 minutes,
+    so it runs only with INFERENCE_EVAL_SLURM_TIME_LIMIT_TEST=1 (the memory-limit kill above covers the
+    same path from kill to row in a few seconds)."""
+    if os.environ.get("INFERENCE_EVAL_SLURM_TIME_LIMIT_TEST") != "1":
+        pytest.skip("about 2 minutes; set INFERENCE_EVAL_SLURM_TIME_LIMIT_TEST=1 to run it")
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(SMOKE_SNAKEFILE.replace("@REPO@", str(REPO)))
     target = "results/cpu/probe/sleeper.json"
     run = run_snakemake(LOCAL_PROFILE + ["--set-resources", "sleeper:runtime=1", "sleeper:cpus_per_task=1",
-                                         "--slurm-init-seconds-before-status-checks", "60", target],
+                                         "--slurm-init-seconds-before-status-checks", "100", target],
                         tmp_path, snakefile, timeout=240, env_extra={"SLEEP_S": "300"})
     assert run.returncode != 0, _out(run)[-3000:]
     record = json.loads((tmp_path / "results/cpu/probe/sleeper.slurm.json").read_text())
     assert record["status"] == "timeout" and "time limit" in record["reason"], record
     assert record["slurm"]["state"] == "TIMEOUT", record
+
+
+# ---------------------------------------------------------------- the pipeline itself on SLURM
+
+REDUCED = ("matrix.libraries=[transformers] matrix.scenarios=[batch] matrix.fine_grain=false "
+           "matrix.datasets=[s2s]")
+# Columns that measure this run (time, memory) and may differ between two runs of the same job.
+TIMING_COLUMNS = {"total_time_s", "token_throughput_tok_s", "requests_per_s", "load_time_s",
+                  "peak_memory_gb", "efficiency"}
+
+
+def _table(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(open(path))]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_pipeline_on_slurm_equals_local_run_and_kills_become_rows(local_slurm, tmp_path):
+    if not (REPO / "rules" / "batch.smk").exists():
+        pytest.skip("rules/batch.smk not written yet")
+    config = ["--config", f"overrides={REDUCED}"]
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    local_dir.mkdir()
+    slurm_dir.mkdir()
+    local = run_snakemake(["--cores", "2"] + config, local_dir)
+    assert local.returncode == 0, _out(local)[-3000:]
+    on_slurm = run_snakemake(LOCAL_PROFILE + config, slurm_dir)
+    text = _out(on_slurm)
+    assert on_slurm.returncode == 0, text[-3000:]
+    assert re.search(r"has been submitted with SLURM jobid \d+ \(log: \S+/rule_batch_run/", text), text[-3000:]
+    assert "localrule dataset_table:" in text and "localrule build_dataset:" in text, text[-3000:]
+
+    table = "results/cpu/s2s_table.csv"
+    local_rows, slurm_rows = _table(local_dir / table), _table(slurm_dir / table)
+    assert len(slurm_rows) == 1 and slurm_rows[0]["status"] == "ok", slurm_rows
+    assert slurm_rows == local_rows
+    requests = "results/cpu/batch/transformers/tiny-llama/s2s.requests.csv"
+    assert (slurm_dir / requests).read_text() == (local_dir / requests).read_text()
+    record = json.loads((slurm_dir / "results/cpu/batch/transformers/tiny-llama/s2s.json").read_text())
+    assert record["status"] == "ok" and record["output_tokens"] == record["requested_output_tokens"], record
+
+    # SLURM kills the batch job at its memory limit: the record is missing, its failure record says why
+    killed = run_snakemake(LOCAL_PROFILE + config + ["--set-resources", "batch_run:mem_mb=300",
+                                                     "--forcerun", "batch_run", "--", table], slurm_dir)
+    assert killed.returncode != 0, _out(killed)[-3000:]
+    failure = slurm_dir / "results/cpu/batch/transformers/tiny-llama/s2s.slurm.json"
+    assert not (slurm_dir / "results/cpu/batch/transformers/tiny-llama/s2s.json").exists()
+    assert json.loads(failure.read_text())["status"] == "oom", _out(killed)[-3000:]
+
+    # resubmitting writes the table with the kill as the row's status and submits nothing
+    again = run_snakemake(LOCAL_PROFILE + config + [table], slurm_dir)
+    assert again.returncode == 0, _out(again)[-3000:]
+    assert "submitted with SLURM jobid" not in _out(again)
+    row = _table(slurm_dir / table)[0]
+    assert (row["library"], row["model"], row["status"]) == ("transformers", "tiny-llama", "oom"), row
+    assert "exceeded its memory limit" in row["reason"] and "SLURM job" in row["reason"], row

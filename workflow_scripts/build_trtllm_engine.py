@@ -4,5 +4,8 @@ from inference_eval.models.prepare import prepare_trtllm_engine
 from inference_eval.report.provenance import utc_now
 
 started = utc_now()
-prepare_trtllm_engine(snakemake.params.cfg, snakemake.output.record, Path(snakemake.input.weights).parent,
-                      Path(snakemake.input.hf).parent, started=started)
+hf_dir = Path(snakemake.input.hf).parent
+# The weights are an input only where TensorRT-LLM is importable (rules/models.smk); the folder is
+# results/models/<model>/weights either way.
+weights_dir = Path(snakemake.input.weights).parent if "weights" in snakemake.input.keys() else hf_dir.parent / "weights"
+prepare_trtllm_engine(snakemake.params.cfg, snakemake.output.record, weights_dir, hf_dir, started=started)

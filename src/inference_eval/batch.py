@@ -43,6 +43,8 @@ EXIT_GRACE_S = 30.0
 GROUP_GRACE_S = 2.0
 POLL_S = 0.02
 TAIL_BYTES = 4000
+# Memory sampling period: a scan of the process table each time (about 1 ms here, more on big nodes).
+SAMPLE_S = 0.5
 OOM_MARKERS = ("outofmemoryerror", "out of memory", "cannot allocate memory", "memoryerror")
 
 
@@ -101,6 +103,8 @@ class _OutputTail:
         self.tail: deque[bytes] = deque()
         self.size = 0
         self._stream = stream
+        if log_path:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb") if log_path else None
         self._echo = echo
         self._thread = threading.Thread(target=self._pump, name="batch-worker-output", daemon=True)
@@ -140,7 +144,7 @@ class _MemorySampler:
     """Peak resident memory of the worker's process tree (CPU), sampled; and device memory where
     NVML is importable (GPU libraries whose engine lives in another process)."""
 
-    def __init__(self, pid: int, gpu: bool, interval_s: float = 0.25):
+    def __init__(self, pid: int, gpu: bool, interval_s: float = SAMPLE_S):
         self.pid = pid
         self.peak_rss = 0
         self.peak_gpu_used = 0
@@ -346,7 +350,7 @@ def peak_memory(result: Mapping[str, Any], gpu: bool) -> tuple[float | None, str
             return round(mem["torch_max_allocated_bytes"] / 1e9, 4), "torch.cuda.max_memory_allocated (worker)"
         if result.get("sampled_peak_gpu_used_bytes"):
             return (round(result["sampled_peak_gpu_used_bytes"] / 1e9, 4),
-                    "device memory used (NVML, sampled every 0.25 s; includes other processes)")
+                    f"device memory used (NVML, sampled every {SAMPLE_S} s; includes other processes)")
         return None, None
     rss = max(int(mem.get("self_max_rss_bytes") or 0), int(result.get("sampled_peak_rss_bytes") or 0))
     if rss:
@@ -412,6 +416,8 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "row_limit": limit,
         "max_tokens_cap": cap,
         "import_time_s": result.get("import_time_s"),
+        "warmup_time_s": result.get("warmup_time_s"),
+        "close_time_s": result.get("close_time_s"),
         "worker_wall_s": result.get("worker_wall_s"),
         "worker_exit": result.get("worker_exit"),
         "failed_phase": result.get("phase") if status not in ("ok", "invalid") else None,

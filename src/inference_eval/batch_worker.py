@@ -19,9 +19,10 @@ from typing import Any
 from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
 from inference_eval.batch import OOM_MARKERS, batch_requests
 from inference_eval.io import write_json
-from inference_eval.requests import check_lengths
+from inference_eval.requests import Request, check_lengths
 
 OOM_MESSAGES = OOM_MARKERS + ("available kv cache memory",)
+DEFAULT_WARMUP_REQUESTS = 1
 
 
 def classify(exc: BaseException) -> str:
@@ -74,6 +75,15 @@ def synchronize(backend) -> None:
     backend.synchronize()
 
 
+def warmup_requests(requests, cfg: dict) -> list[Request]:
+    """``scenario.warmup_requests`` (default 1) short requests run untimed before the measured call, so
+    one-off lazy initialisation (CUDA context, cuBLAS handles, kernel loading) is not charged to
+    generation. Copies of the first requests with at most 2 output tokens; 0 turns it off."""
+    n = (cfg.get("scenario") or {}).get("warmup_requests")
+    n = DEFAULT_WARMUP_REQUESTS if n is None else int(n)
+    return [Request(f"warmup-{r.id}", r.prompt_token_ids, min(2, r.max_tokens)) for r in requests[:max(0, n)]]
+
+
 def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     """Run the job; after each phase the partial result goes to ``progress_path`` so that the parent
     can tell, if this process dies outright, which phase it died in and what it had measured."""
@@ -115,6 +125,14 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
         result["load_time_s"] = time.perf_counter() - t0
         result["versions"] = backend.versions()
 
+        warmup = warmup_requests(requests, cfg)
+        if warmup:
+            phase = reached("warmup")
+            t0 = time.perf_counter()
+            backend.generate(warmup)
+            synchronize(backend)
+            result["warmup_time_s"] = time.perf_counter() - t0
+
         phase = reached("generate")
         synchronize(backend)
         t0 = time.perf_counter()
@@ -136,8 +154,10 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     result["phase"] = phase
     result["memory"] = memory_snapshot(backend)
     if backend is not None:
+        t0 = time.perf_counter()
         try:
             backend.close()
+            result["close_time_s"] = time.perf_counter() - t0
         except Exception as exc:  # the numbers are in; a failing release is only noted
             result["close_error"] = f"{type(exc).__name__}: {exc}"
     return result

@@ -35,6 +35,7 @@ def _cfg(fault: str | None, tmp_path: Path, timeout_s: float = 60) -> dict:
                      pid_file=str(tmp_path / "helper.pid"))
     cfg["library"]["name"] = f"fake-{fault or 'ok'}"
     cfg["scenario"]["timeout_s"] = timeout_s
+    cfg["scenario"]["warmup_requests"] = 0  # fault in the measured call (the warm-up has its own test)
     return cfg
 
 
@@ -69,6 +70,13 @@ def test_crash_or_oom_becomes_a_record(tmp_path, fault, status, words):
     assert record["load_time_s"] is not None  # it got past load; the reason says where it died
 
 
+def test_crash_in_the_warmup_names_the_warmup(tmp_path):
+    cfg = _cfg("segv", tmp_path)
+    cfg["scenario"]["warmup_requests"] = 1
+    record = _run(tmp_path, cfg, "warmup")
+    assert record["status"] == "failed" and "SIGSEGV during warmup" in record["reason"]
+
+
 def test_torch_out_of_memory_error_is_oom(tmp_path):
     pytest.importorskip("torch")
     record = _run(tmp_path, _cfg("torch_oom", tmp_path), "torch_oom")
@@ -96,3 +104,42 @@ def test_other_rows_complete_after_a_crash(tmp_path):
     fine = _run(tmp_path, _cfg(None, tmp_path), "second")
     assert crashed["status"] == "failed"
     assert fine["status"] == "ok" and fine["n_exact"] == len(MIXED)
+
+
+def test_sigterm_to_the_harness_kills_the_worker_and_writes_nothing(tmp_path):
+    """Snakemake or SLURM cancelling the job: the worker goes with it, no record claims completion."""
+    import os
+    import signal
+    import subprocess
+
+    cfg = _cfg("hang", tmp_path, timeout_s=600)
+    rows = write_rows(tmp_path / "datasets" / "s2s-synthetic", MIXED)
+    out = tmp_path / "out"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    script = (
+        "import json, sys\n"
+        f"sys.path[:0] = {[str(Path(__file__).resolve().parents[1])]!r}\n"
+        "from inference_eval.backends.base import ModelFiles\n"
+        "from inference_eval.batch import run_batch\n"
+        f"run_batch(json.load(open({str(tmp_path / 'cfg.json')!r})), {str(rows)!r}, ModelFiles(),\n"
+        f"          {str(out / 's2s.json')!r}, {str(out / 's2s.requests.csv')!r}, echo=False)\n")
+    harness = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:  # wait until the worker is inside generate
+            progress = list(out.glob(".batch-worker-*/result.json.progress"))
+            if progress and '"generate"' in progress[0].read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never reached generate")
+        workers = [p.pid for p in psutil.Process(harness.pid).children(recursive=True)]
+        assert workers
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(timeout=20) != 0
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+    assert not any(_alive(pid) for pid in workers)
+    assert not (out / "s2s.json").exists() and not (out / "s2s.requests.csv").exists()
+    assert not list(out.glob(".batch-worker-*")), "the worker's scratch folder was left behind"

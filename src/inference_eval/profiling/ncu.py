@@ -133,7 +133,10 @@ def profile(spec: dict, workdir: str | Path, timeout_s: float) -> pd.DataFrame:
     spec_path.write_text(json.dumps(spec, default=str))
     log = workdir / "ncu.csv"
     cmd = command([sys.executable, "-m", "inference_eval.profiling.ncu", "--spec", str(spec_path)], log)
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    # the child must import this package even when it is not installed (PYTHONPATH=src checkouts)
+    src_root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (src_root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONPATH=path)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
+        if v is None:
+            continue  # null in the config: keep the hardware kind's default
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 

@@ -67,16 +67,20 @@ def throughput_figure(tables: dict[str, pd.DataFrame], title: str):
     data = pd.concat(frames, ignore_index=True)
     data["tok_s"] = pd.to_numeric(data["token_throughput_tok_s"], errors="coerce").where(data["status"] == "ok")
     data["run"] = data["library_label"].astype(str) + " / " + data["model"].astype(str)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tables) * max(1, data["run"].nunique()) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(tables) * data["run"].nunique())), 4))
     sns.barplot(data=data, x="dataset", y="tok_s", hue="run", ax=ax)
     ax.set_ylabel("output tokens / s (batch)")
+    positive = data["tok_s"].dropna()
+    positive = positive[positive > 0]
+    if len(positive) and positive.max() / positive.min() > 50:
+        ax.set_yscale("log")  # libraries differ by orders of magnitude on small models
     ax.set_title(title)
     order = list(dict.fromkeys(data["dataset"]))
     runs = list(dict.fromkeys(data["run"]))
     width = 0.8 / max(1, len(runs))
     for _, r in data[data["status"] != "ok"].iterrows():
         x = order.index(r["dataset"]) - 0.4 + width * (runs.index(r["run"]) + 0.5)
-        ax.text(x, 0, str(r["status"]), rotation=90, ha="center", va="bottom", fontsize=7, color="dimgray")
+        ax.text(x, ax.get_ylim()[0], str(r["status"]), rotation=90, ha="center", va="bottom", fontsize=7, color="dimgray")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig

@@ -31,7 +31,7 @@ from inference_eval.serving.servers import ServerSpec, server_spec
 
 IDENTITY = ("library", "model", "dataset", "dataset_source", "hardware", "rate", "status", "reason")
 METRIC_COLUMNS = (
-    "requested_rate", "achieved_rate", "achieved_over_requested", "n_requests", "n_measured", "n_ok", "n_failed",
+    "requested_rate", "scheduled_rate", "achieved_rate", "achieved_over_requested", "n_requests", "n_measured", "n_ok", "n_failed",
     "n_failed_total", "failures", "first_error", "duration_s", "output_tokens", "sequence_throughput_req_s",
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),

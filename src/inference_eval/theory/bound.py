@@ -39,18 +39,13 @@ COLUMNS = ["model", "dataset", "dataset_member", "synthetic", "hardware", "statu
 
 
 def run_limits(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(row limit, output-token cap) a batch run of this config uses: the smaller of the dataset's
-    (``dataset.limit``, ``dataset.max_tokens_cap``; the builder already applied them to rows.jsonl)
-    and the hardware profile's (``hardware.scale.dataset_limit``, ``hardware.scale.max_tokens_cap``)."""
+    """(row limit, output-token cap) of the dataset config (``dataset.limit``, ``dataset.max_tokens_cap``).
+
+    The builder already applied them to rows.jsonl; applying them again keeps a bound computed from
+    an unlimited file equal to the run's."""
     dataset = cfg.get("dataset") or {}
-    scale = (cfg.get("hardware") or {}).get("scale") or {}
-
-    def smallest(*values):
-        given = [int(v) for v in values if v is not None]
-        return min(given) if given else None
-
-    return (smallest(dataset.get("limit"), scale.get("dataset_limit")),
-            smallest(dataset.get("max_tokens_cap"), scale.get("max_tokens_cap")))
+    limit, cap = dataset.get("limit"), dataset.get("max_tokens_cap")
+    return (None if limit is None else int(limit)), (None if cap is None else int(cap))
 
 
 def run_requests(rows_path: str | Path, cfg: Mapping[str, Any]) -> list[Request]:
