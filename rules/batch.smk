@@ -15,6 +15,7 @@ rule batch_run:
     params:
         cfg=lambda wc: PIPELINE.job(dataset=wc.dataset, library=wc.library, model=wc.model,
                                     hardware=wc.hardware, scenario="batch"),
+    threads: MEASURE_THREADS
     resources:
         **hardware_resources,
     script:

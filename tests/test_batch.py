@@ -10,8 +10,8 @@ import pytest
 
 from batch_fixtures import MIXED, job_config, tiny_model_dir, write_rows
 from inference_eval.backends.base import ModelFiles
-from inference_eval.batch import (_describe_exit, batch_requests, peak_memory, run_batch, run_limits,
-                                  worker_timeout_s)
+from inference_eval.batch import _describe_exit, batch_requests, peak_memory, run_batch, worker_timeout_s
+from inference_eval.requests import run_limits
 
 RECORD_KEYS = {"kind", "library", "model", "dataset", "dataset_member", "dataset_source", "synthetic", "hardware",
                "status", "reason", "n_requests", "dataset_rows", "input_tokens", "requested_output_tokens",
@@ -38,17 +38,14 @@ def _run(tmp_path, cfg, lengths=MIXED, manifest=None):
 
 
 # -- pure functions -------------------------------------------------------------------------------
-def test_run_limits_take_the_smaller_of_dataset_and_hardware_scale():
-    cfg = {"dataset": {"limit": 16, "max_tokens_cap": 32}, "hardware": {"scale": {"dataset_limit": 8,
-                                                                                   "max_tokens_cap": None}}}
-    assert run_limits(cfg) == (8, 32)
-    assert run_limits({"dataset": {}, "hardware": {"scale": {}}}) == (None, None)
+def test_run_limits_come_from_the_dataset_config():
+    assert run_limits({"dataset": {"limit": 16, "max_tokens_cap": 32}}) == (16, 32)
+    assert run_limits({"dataset": {}}) == (None, None)
 
 
 def test_batch_requests_apply_limit_and_cap(tmp_path):
     rows = write_rows(tmp_path, [(4, 40), (5, 3), (6, 50)])
-    cfg = {"dataset": {"limit": None, "max_tokens_cap": None}, "hardware": {"scale": {"dataset_limit": 2,
-                                                                                       "max_tokens_cap": 10}}}
+    cfg = {"dataset": {"limit": 2, "max_tokens_cap": 10}}
     requests, total = batch_requests(rows, cfg)
     assert total == 3
     assert [(r.id, r.max_tokens) for r in requests] == [("r0", 10), ("r1", 3)]

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from inference_eval.config import compose
-from inference_eval.requests import Request
+from inference_eval.requests import Request, run_limits
 from inference_eval.theory.bound import (DOES_NOT_FIT, OK, bound_table, dataset_bound, decode_schedule,
-                                         max_batch_size, run_limits)
+                                         max_batch_size)
 from inference_eval.theory.hardware import ceilings
 from inference_eval.theory.ops import FUSED, ModelShape, model_total
 from inference_eval.theory.roofline import roofline_time

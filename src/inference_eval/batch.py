@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from inference_eval.backends.base import ModelFiles
 from inference_eval.io import atomic_path, write_json
-from inference_eval.requests import Request, load_requests
+from inference_eval.requests import Request, load_requests, run_limits, run_requests
 
 STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported")
 REQUEST_COLUMNS = ["id", "prompt_tokens", "requested", "output_tokens", "ok", "error"]
@@ -49,30 +49,9 @@ OOM_MARKERS = ("outofmemoryerror", "out of memory", "cannot allocate memory", "m
 
 
 # -- what a run uses ------------------------------------------------------------------------------
-def run_limits(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(row limit, output-token cap): the smaller of the dataset's and the hardware profile's scale.
-
-    The same rule as ``theory.bound.run_limits`` (the roofline bound must describe the same requests).
-    """
-    dataset = cfg.get("dataset") or {}
-    scale = (cfg.get("hardware") or {}).get("scale") or {}
-
-    def smallest(*values):
-        given = [int(v) for v in values if v is not None]
-        return min(given) if given else None
-
-    return (smallest(dataset.get("limit"), scale.get("dataset_limit")),
-            smallest(dataset.get("max_tokens_cap"), scale.get("max_tokens_cap")))
-
-
 def batch_requests(rows_path: str | Path, cfg: Mapping[str, Any]) -> tuple[list[Request], int]:
     """The requests of this run (first ``limit`` rows, ``max_tokens`` capped) and the dataset's row count."""
-    rows = load_requests(rows_path)
-    limit, cap = run_limits(cfg)
-    chosen = rows[:limit] if limit is not None else rows
-    if cap is not None:
-        chosen = [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in chosen]
-    return chosen, len(rows)
+    return run_requests(rows_path, cfg), len(load_requests(rows_path))
 
 
 def dataset_manifest(rows_path: str | Path) -> dict[str, Any]:

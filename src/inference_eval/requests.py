@@ -128,3 +128,24 @@ def completion_to_row(c: Completion) -> dict:
     d["output_tokens"] = c.output_tokens
     d["ok"] = c.ok
     return d
+
+
+def run_limits(cfg: dict) -> tuple[int | None, int | None]:
+    """(row limit, output-token cap) of a job's dataset config (``dataset.limit``, ``dataset.max_tokens_cap``).
+
+    The builder already applied both to rows.jsonl; every consumer (batch runs, the roofline bound)
+    applies them again through ``run_requests`` so all describe the same requests even when handed
+    an unlimited file.
+    """
+    dataset = cfg.get("dataset") or {}
+    limit, cap = dataset.get("limit"), dataset.get("max_tokens_cap")
+    return (None if limit is None else int(limit)), (None if cap is None else int(cap))
+
+
+def run_requests(rows_path: str | Path, cfg: dict) -> list[Request]:
+    """The requests a job of ``cfg`` runs: the first ``limit`` rows, ``max_tokens`` capped."""
+    limit, cap = run_limits(cfg)
+    requests = load_requests(rows_path, limit=limit)
+    if cap is None:
+        return requests
+    return [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in requests]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -61,12 +62,9 @@ class Backend(abc.ABC):
 
     def synchronize(self) -> None:
         """Wait for the device to finish queued work (timing boundaries)."""
-        try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        except ImportError:
-            pass
+        torch = sys.modules.get("torch")  # a library that never imported torch has nothing to sync
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     def peak_memory_gb(self) -> float | None:
         """Peak device memory during the run, where the library lets us read it."""

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from inference_eval.requests import Request, load_requests
+from inference_eval.requests import Request, load_requests, run_limits, run_requests
 from inference_eval.theory.hardware import Ceilings, ceilings
 from inference_eval.theory.ops import FUSED, ModelShape, model_total
 from inference_eval.theory.roofline import roofline_time
@@ -36,24 +36,6 @@ COLUMNS = ["model", "dataset", "dataset_member", "synthetic", "hardware", "statu
            "input_tokens", "output_tokens", "max_context", "decode_steps", "prefill_s", "decode_s", "bound_s",
            "bound_throughput_tok_s", "weights_gb", "kv_cache_gb_per_sequence", "peak_tflops", "bandwidth_gbs",
            "ceilings_source", "config_hash"]
-
-
-def run_limits(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(row limit, output-token cap) of the dataset config (``dataset.limit``, ``dataset.max_tokens_cap``).
-
-    The builder already applied them to rows.jsonl; applying them again keeps a bound computed from
-    an unlimited file equal to the run's."""
-    dataset = cfg.get("dataset") or {}
-    limit, cap = dataset.get("limit"), dataset.get("max_tokens_cap")
-    return (None if limit is None else int(limit)), (None if cap is None else int(cap))
-
-
-def run_requests(rows_path: str | Path, cfg: Mapping[str, Any]) -> list[Request]:
-    limit, cap = run_limits(cfg)
-    requests = load_requests(rows_path, limit=limit)
-    if cap is None:
-        return requests
-    return [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in requests]
 
 
 def max_batch_size(shape: ModelShape, c: Ceilings, max_context: int, n_requests: int) -> int:
