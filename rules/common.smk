@@ -90,4 +90,5 @@ def model_files(wildcards):
 
 # Timed jobs (batch, serving, module profiling) take every core the run was given, so no two
 # measurements share the machine; cheap jobs still run side by side.
-MEASURE_THREADS = max(1, int(workflow.cores or 1))
+# Unset under a cluster executor, where cpus_per_task sizes each job instead.
+MEASURE_THREADS = max(1, int(workflow.resource_settings.cores or 1))

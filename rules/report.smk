@@ -3,7 +3,8 @@
 
 def batch_records(wildcards):
     hw = wildcards.hardware
-    return [f"{RESULTS}/{hw}/batch/{lib}/{m}/{wildcards.dataset}.json"
+    # A job SLURM killed (time limit, OOM) is its failure record's row (rules/resources.smk).
+    return [record_or_slurm_failure(f"{RESULTS}/{hw}/batch/{lib}/{m}/{wildcards.dataset}.json")
             for m in PIPELINE.models for lib in PIPELINE.libraries]
 
 

@@ -62,3 +62,19 @@ def test_secrets_never_reach_records():
     assert prov["config_hash"] and prov["git"].keys() >= {"commit", "dirty"}
     assert prov["hardware"]["cpu"]
     assert "numpy" in prov["versions"] and "snakemake" in prov["versions"]
+
+
+def test_wrong_hardware_stops_with_a_clear_message(monkeypatch):
+    from inference_eval.hardware import WrongHardwareError, ensure_local_hardware
+
+    monkeypatch.setenv("INFERENCE_EVAL_HARDWARE", "cpu")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(WrongHardwareError, match=r"'a100'.*results/a100/.*'cpu'"):
+        ensure_local_hardware("a100")
+    ensure_local_hardware("cpu")
+    ensure_local_hardware("a100", allow_foreign=True)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    ensure_local_hardware("a100")  # the node could not be told apart: trust the allocation
+    monkeypatch.setenv("INFERENCE_EVAL_HARDWARE", "h100")
+    with pytest.raises(WrongHardwareError):
+        ensure_local_hardware("a100")  # a known, different GPU is refused even under SLURM

@@ -44,7 +44,8 @@ def test_model_targets_plan(tmp_path):
 def test_model_rules_build_tiny_llama(tmp_path):
     pytest.importorskip("gguf")
     targets = [f"{tmp_path}/models/tiny-llama/hf/config.json", f"{tmp_path}/models/tiny-llama/gguf/f32.gguf",
-               f"{tmp_path}/cpu/engines/trtllm/tiny-llama/engine.json"]
+               f"{tmp_path}/cpu/engines/trtllm/tiny-llama/engine.json",
+               f"{tmp_path}/models/tiny-llama/weights/model.safetensors"]
     r = snakemake(tmp_path, *targets, dry_run=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads(Path(targets[0]).read_text())["num_key_value_heads"] == 4

@@ -42,9 +42,12 @@ def detect_hardware() -> str:
 
 def ensure_local_hardware(target: str, allow_foreign: bool = False) -> None:
     """Stop a job planned for ``target`` hardware from running on a machine of another kind."""
-    if allow_foreign or os.environ.get("SLURM_JOB_ID"):
+    if allow_foreign:
         return
     here = detect_hardware()
+    # Inside a SLURM job the partition/constraint chose the node; still refuse a GPU of another known kind.
+    if os.environ.get("SLURM_JOB_ID") and (here == "cpu" or target == "cpu"):
+        return
     if here != target:
         raise WrongHardwareError(
             f"this job is for hardware '{target}' (its output lies under results/{target}/) but this machine "

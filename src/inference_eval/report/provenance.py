@@ -70,7 +70,9 @@ def gpu_info() -> list[dict[str, str]]:
 def hardware_info() -> dict[str, Any]:
     from inference_eval.hardware import detect_hardware
     return {"detected": detect_hardware(), "host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "gpus": gpu_info()}
+            "platform": platform.platform(), "python": platform.python_version(), "gpus": gpu_info(),
+            "slurm": {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME")
+                      if k in os.environ}}
 
 
 def _is_secret(key: Any) -> bool:

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Packs DeepSpeed-MII 0.3.3 (+ DeepSpeed 0.19.8, deepspeed-kernels) for the lent GPU, whose image has no
+# package index. Only what the image lacks is packed (device KINDS.md lists the image's packages): torch,
+# transformers, accelerate, safetensors, grpcio, protobuf, werkzeug, ninja, py-cpuinfo, msgpack, einops,
+# psutil, nvidia-ml-py, pillow ... stay the image's own.
+#
+# Here, in the project's root:   bash scripts/device/mii-kit.sh   -> .mii/ (git-ignored, about 53 MB)
+#   .mii/whl/        the wheels (deepspeed is built here from its source archive with DS_BUILD_OPS=0:
+#                    a pure-Python wheel whose CUDA ops compile just in time on the GPU with nvcc + ninja)
+#   .mii/tokenizer/  the Llama-2 tokenizer as HF files (inference_eval.datasets.tokenizer.save_llama2_tokenizer)
+#   .mii/mii-install.sh
+# On the device, carry [".mii"]:   source .mii/mii-install.sh && python3 scripts/device/mii_try.py ...
+# The whole bundle fits one call (64 MiB with the project's tree), so there is one part.
+#
+# Left out on purpose: grpcio-tools (MII only ships generated *_pb2.py, it never imports grpc_tools),
+# `asyncio` (a 2015 PyPI backport that would shadow the standard library), fschat's own needs (MII imports
+# only fastchat.constants), deepspeed's "dev"/"inf" extras.
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+work=${MK_WORK:-/tmp/mii-kit-build}
+# A Python with torch to run DeepSpeed's setup.py (it records the accelerator name; ops are not built).
+py=${MK_PY:-$root/.venv/bin/python}
+"$py" -c "import torch" 2>/dev/null || { echo "mii-kit: $py has no torch; set MK_PY to a Python with torch" >&2; exit 1; }
+rm -rf "$work" && mkdir -p "$work/whl" "$work/src"
+pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+  --platform manylinux1_x86_64 --platform any -d "$work/whl" "$@"; }
+# Versions: MII 0.3.3 is the last release; pydantic/fastapi pinned to releases of MII's era that need
+# nothing beyond what the image has (fastapi >= 0.16x pulls in opentelemetry).
+for p in deepspeed-mii==0.3.3 deepspeed-kernels==0.0.1.dev1698255861 \
+  pydantic==2.11.7 pydantic-core==2.33.2 annotated-types==0.7.0 typing-inspection==0.4.1 typing-extensions==4.15.0 \
+  hjson==3.1.0 pyzmq==27.0.0 ujson==5.10.0 shortuuid==1.0.13 \
+  fastapi==0.115.12 starlette==0.46.2 uvicorn==0.34.3 pydantic-settings==2.9.1 python-dotenv==1.1.0 \
+  flask==3.1.1 flask-restful==0.3.10 aniso8601==10.0.1 pytz==2025.2 itsdangerous==2.2.0 blinker==1.9.0 \
+  fschat==0.2.36; do
+  pipdl "$p"
+done
+python3 -m pip download -q --no-deps --no-binary=:all: -d "$work/src" deepspeed==0.19.8
+tar xzf "$work"/src/deepspeed-0.19.8.tar.gz -C "$work/src"
+(cd "$work/src/deepspeed-0.19.8" && DS_BUILD_OPS=0 DS_ACCELERATOR=cuda "$py" -m pip wheel -q --no-deps --no-build-isolation \
+  -w "$work/whl" . > "$work/deepspeed-build.log" 2>&1) || { tail -30 "$work/deepspeed-build.log"; exit 1; }
+PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" "$py" -c \
+  "import sys; from inference_eval.datasets.tokenizer import save_llama2_tokenizer; save_llama2_tokenizer(sys.argv[1])" "$work/tokenizer"
+cd "$root"
+grep -qx '/.mii/' .git/info/exclude 2>/dev/null || echo '/.mii/' >> .git/info/exclude
+rm -rf .mii && mkdir -p .mii/whl && cp "$work"/whl/*.whl .mii/whl/ && cp -r "$work/tokenizer" .mii/tokenizer
+cat > .mii/mii-install.sh <<'INNER'
+# Sourced on the device: installs the packed wheels into /tmp/miisite once per machine.
+if [ ! -d /tmp/miisite/mii ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/miisite .mii/whl/*.whl \
+    || { echo "mii kit: install failed"; return 1; }
+fi
+export PYTHONPATH=/tmp/miisite${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/miisite/bin:$PATH
+python3 -c "import deepspeed, mii, dskernels; print('deepspeed', deepspeed.__version__, 'mii', mii.__version__, 'dskernels', dskernels.library_path())"
+INNER
+du -sh .mii; ls .mii/whl | wc -l
