@@ -10,7 +10,11 @@
 #   .mii/tokenizer/  the Llama-2 tokenizer as HF files (inference_eval.datasets.tokenizer.save_llama2_tokenizer)
 #   .mii/mii-install.sh
 # On the device, carry [".mii"]:   source .mii/mii-install.sh && python3 scripts/device/mii_try.py ...
+#   (then mii.pipeline / mii.serve / python3 -m mii.entrypoints.openai_api_server work; docs/mii.md)
 # The whole bundle fits one call (64 MiB with the project's tree), so there is one part.
+# DeepSpeed's FastGen ops (inference_core_ops, ragged_device_ops, ragged_ops) JIT-compile on each fresh
+# machine: about 105-140 s with the three built in parallel (mii_try.py precompile), TORCH_CUDA_ARCH_LIST=9.0.
+# Their build folder is 365 MB (99 MB gzipped), too big to carry back and forth, so it is not packed.
 #
 # Left out on purpose: grpcio-tools (MII only ships generated *_pb2.py, it never imports grpc_tools),
 # `asyncio` (a 2015 PyPI backport that would shadow the standard library), fschat's own needs (MII imports

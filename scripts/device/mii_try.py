@@ -5,11 +5,14 @@ Run on the device after ``source .mii/mii-install.sh`` (see scripts/device/mii-k
     python3 scripts/device/mii_try.py precompile --logs $OUT          # JIT-builds the three v2 op libraries
     python3 scripts/device/mii_try.py write-model /tmp/llama2-7b --tokenizer .mii/tokenizer
     python3 scripts/device/mii_try.py run /tmp/llama2-7b --out $OUT
+    python3 scripts/device/mii_try.py serve /tmp/llama2-7b --out $OUT     # MII's OpenAI-compatible server
 
 ``run`` builds ``mii.pipeline`` on the folder, asks for several exact lengths with ``ignore_eos=True`` and
 checks the number of generated token ids (counted from the ids MII hands to the tokenizer's decode, not
 from text), then times a batch. Results go to ``<out>/mii_result.json``; a failure prints its traceback
-and is recorded there too.
+and is recorded there too. ``serve`` starts ``python -m mii.entrypoints.openai_api_server`` on loopback, asks for
+exact lengths (``max_tokens`` with a huge ``min_tokens``) and times concurrent requests (``<out>/mii_serve_result.json``); note
+that server's ``usage.completion_tokens`` re-tokenizes the returned text (BOS included), so it is not an id count.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+# MII compares min_new_tokens with prompt + generated tokens (Request.is_done), and its OpenAI server cannot
+# pass ignore_eos: a min_tokens far above any sequence keeps EOS from ending a request, so max_tokens alone
+# ends it, with finish_reason "length" exactly when max_tokens ids were generated.
+EOS_NEVER = 1_000_000
 
 # The FastGen (inference v2) op libraries MII's pipeline loads; each JIT-compiles on first use.
 V2_BUILDERS = ("InferenceCoreBuilder", "RaggedOpsBuilder", "RaggedUtilsBuilder")
@@ -212,6 +220,123 @@ def run(model_dir: Path, out: Path, lengths: list[int], batch: int, batch_in: in
     return result
 
 
+def _post_json(url: str, body: dict, timeout: float = 600) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, limit_s: float) -> float:
+    import urllib.request
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with rc={proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return time.perf_counter() - t0
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {limit_s} s")
+
+
+def serve(model_dir: Path, out: Path, lengths: list[int], batch: int, batch_in: int, batch_out: int, port: int) -> dict:
+    """MII's OpenAI-compatible server (it starts mii.serve's gRPC deployment): exact lengths, then concurrent requests."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "mii_serve_result.json"
+    result: dict = {"env": environment(), "model_dir": str(model_dir), "steps": []}
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mii.entrypoints.openai_api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--max-length", "4096"]
+    result["command"] = " ".join(cmd)
+    log = open(out / "mii_server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        result["ready_s"] = round(_wait_ready(f"{base}/v1/models", proc, 300), 1)
+        print(f"[serve] OpenAI server ready in {result['ready_s']} s")
+        all_exact = True
+        for n in lengths:
+            t = time.perf_counter()
+            body = {"model": str(model_dir), "prompt": "The capital of France is", "max_tokens": n,
+                    "min_tokens": EOS_NEVER}
+            resp = _post_json(f"{base}/v1/completions", body)
+            reason = resp["choices"][0].get("finish_reason")
+            all_exact &= reason == "length"
+            result["steps"].append({"max_tokens": n, "finish_reason": reason,
+                                    "usage_retokenized": resp["usage"], "seconds": round(time.perf_counter() - t, 3)})
+            print(f"[serve] max_tokens={n}: finish_reason={reason} (usage, re-tokenized text: {resp['usage']})")
+        result["exact_lengths"] = all_exact
+        import torch
+
+        g = torch.Generator().manual_seed(2)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        prompts = [tok.decode(row.tolist()) for row in torch.randint(100, 31000, (batch, batch_in), generator=g)]
+
+        def one(prompt: str) -> dict:
+            t = time.perf_counter()
+            r = _post_json(f"{base}/v1/completions", {"model": str(model_dir), "prompt": prompt,
+                                                      "max_tokens": batch_out, "min_tokens": EOS_NEVER})
+            return {"latency_s": time.perf_counter() - t, "finish_reason": r["choices"][0].get("finish_reason"),
+                    **r["usage"]}
+
+        for label in ("warm-up", "timed"):
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=batch) as pool:
+                rows = list(pool.map(one, prompts))
+            dt = time.perf_counter() - t
+            # finish_reason "length" means exactly batch_out ids (see EOS_NEVER); others are not counted.
+            exact = all(r["finish_reason"] == "length" for r in rows)
+            gen = batch_out * sum(r["finish_reason"] == "length" for r in rows)
+            lat = sorted(r["latency_s"] for r in rows)
+            print(f"[serve] {label}: {batch} concurrent requests, {sum(r['prompt_tokens'] for r in rows)} prompt tokens, "
+                  f"{gen} completion tokens counted by finish_reason (exact={exact}) in {dt:.2f} s -> {gen / dt:.0f} tok/s; "
+                  f"latency median {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s")
+        result["concurrent"] = {"requests": batch, "completion_tokens": gen, "exact": exact, "seconds": round(dt, 3),
+                                "completion_tok_per_s": round(gen / dt, 1), "latency_median_s": round(lat[len(lat) // 2], 3)}
+        try:
+            import mii
+
+            client = mii.client("deepspeed-mii")
+            responses = client.generate(["DeepSpeed is", "Hello"], max_new_tokens=32, ignore_eos=True)
+            result["grpc_client_generated_length"] = [r.generated_length for r in responses]
+            print(f"[serve] mii.client generate ignore_eos max_new_tokens=32: {result['grpc_client_generated_length']}")
+        except Exception as exc:
+            result["grpc_client_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"[serve] mii.client failed: {result['grpc_client_error']}")
+        result["ok"] = all_exact and exact
+    except BaseException as exc:
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        print(result["traceback"], flush=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+        if not result.get("ok"):
+            print("[serve] server log tail:\n" + "\n".join((out / "mii_server.log").read_text(errors="replace").splitlines()[-40:]))
+    _atomic_json(path, result)
+    print(f"[serve] ok={result['ok']} -> {path}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -227,12 +352,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batch-in", type=int, default=128)
     p.add_argument("--batch-out", type=int, default=128)
+    p = sub.add_parser("serve")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 128])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch-in", type=int, default=128)
+    p.add_argument("--batch-out", type=int, default=128)
+    p.add_argument("--port", type=int, default=8000)
     args = ap.parse_args(argv)
     if args.cmd == "precompile":
         return 1 if precompile(args.logs) else 0
     if args.cmd == "write-model":
         write_model(args.model_dir, args.tokenizer)
         return 0
+    if args.cmd == "serve":
+        return 0 if serve(args.model_dir, args.out, args.lengths, args.batch, args.batch_in, args.batch_out,
+                          args.port)["ok"] else 1
     print(json.dumps(environment()))
     return 0 if run(args.model_dir, args.out, args.lengths, args.batch, args.batch_in, args.batch_out)["ok"] else 1
 
