@@ -60,7 +60,7 @@ case $step in
     { setup_python
       for d in s2s l2s s2l; do
         lim=$(case $d in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; esac)
-        sm "dataset.limit=$lim" $REAL/${d}_table.csv $REAL/theory/llama2-7b_ops_b8_s512.csv $REAL/theory/llama2-7b_roofline.png
+        sm "dataset.limit=$lim ${REPORT_EXTRA:-}" $REAL/${d}_table.csv $REAL/theory/llama2-7b_ops_b8_s512.csv $REAL/theory/llama2-7b_roofline.png
       done
       MODEL=vicuna-7b-16k sm "dataset.limit=2 matrix.libraries=[vllm]" $REAL/s16k_table.csv
     } 2>&1 | tee "$log" ;;
