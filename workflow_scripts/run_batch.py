@@ -1,23 +1,13 @@
 # Thin entry of rule batch_run (rules/batch.smk): one library x model x dataset batch run.
 # A job for other hardware than this machine's fails here (no record); every library outcome
 # (ok, invalid, oom, failed, not_installed, unsupported) is a record and exits 0.
-from pathlib import Path
-
 from inference_eval.backends.base import ModelFiles
 from inference_eval.batch import run_batch
 from inference_eval.hardware import ensure_local_hardware
 
 cfg = snakemake.params.cfg
 ensure_local_hardware(snakemake.wildcards.hardware, bool(cfg.get("allow_foreign_hardware")))
-
-inputs = snakemake.input
-files = ModelFiles(
-    hf_dir=str(Path(inputs.hf).parent),
-    weights_dir=str(Path(inputs.weights).parent) if "weights" in inputs.keys() else None,
-    gguf_path=str(inputs.gguf) if "gguf" in inputs.keys() else None,
-    engine_dir=str(inputs.engine) if "engine" in inputs.keys() else None,  # the engine build record
-)
-record = run_batch(cfg, inputs.rows, files, snakemake.output.record, snakemake.output.requests,
-                   log_path=snakemake.log[0] if snakemake.log else None)
+record = run_batch(cfg, snakemake.input.rows, ModelFiles.from_rule_inputs(snakemake.input), snakemake.output.record,
+                   snakemake.output.requests, log_path=snakemake.log[0] if snakemake.log else None)
 print(f"batch {record['library']}/{record['model']}/{record['dataset']}: {record['status']}"
       + (f" ({record['reason']})" if record["reason"] else ""))

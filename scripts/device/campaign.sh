@@ -3,10 +3,14 @@
 #   bash scripts/device/campaign.sh STEP
 # Steps, each one device call, back to back on one warm machine (see results/h100/README.md):
 #   vllm1 (carry .vk1) | vllm2 (carry .vk2) | batch (carry .vk3 .pk .data .tokcache)
-#   serve | llamacpp (carry .lcp) | fine | report
+#   serve | llamacpp (carry .lcp) | fine | report   (each carrying .data .tokcache too: an ignored
+#   path a call does not carry is gone there)
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh; .data is a copy of ../shared/data (the
 # sources, used through data_root=.data); .tokcache a copy of ~/.cache/inference_eval (the Llama-2
 # tokenizer, which the GPU machine cannot download). Logs and results/h100 come back under $OUT.
+# Results live outside the checkout (/root/campaign/results): each call re-sends the working tree,
+# which replaces an un-ignored results/h100 there and drops ignored paths a call does not carry, so
+# a results folder inside the checkout does not survive from one call to the next.
 set -uo pipefail
 step=${1:?step}
 budget=${2:-520}   # seconds this step's Snakemake runs may take before they are stopped
@@ -26,10 +30,11 @@ sm() {
   local ov=$1; shift
   local t; t=$(left); [ "$t" -gt 30 ] || { echo "skipped (no time left): $*"; return 0; }
   timeout -s INT "$t" python3 -m snakemake --cores 16 --keep-going --nolock \
-    --config model="${MODEL:-llama2-7b}" overrides="matrix.dataset_variant=real data_root=.data $ov" -- "$@"
+    --config model="${MODEL:-llama2-7b}" overrides="matrix.dataset_variant=real data_root=.data results_dir=$RESULTS $ov" -- "$@"
 }
 
-REAL="results/h100"
+RESULTS=/root/campaign/results
+REAL="$RESULTS/h100"
 case $step in
   vllm1) mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk ;;
   vllm2) cp .vk2/* /root/vk/ && ls -la /root/vk ;;
@@ -67,6 +72,6 @@ case $step in
   *) echo "unknown step $step"; exit 2 ;;
 esac
 rc=$?
-[ -d results/h100 ] && tar czf "$OUT/results-h100.tgz" results/h100 results/datasets/*/manifest.json 2>/dev/null
+[ -d "$REAL" ] && tar czf "$OUT/results-h100.tgz" -C /root/campaign results/h100 $(cd /root/campaign && ls results/datasets/*/manifest.json 2>/dev/null)
 ls -la "$OUT"
 exit $rc

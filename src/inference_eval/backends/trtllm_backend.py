@@ -38,9 +38,9 @@ class TrtLlmBackend(Backend):
 
     def engine_dir(self) -> Path:
         """The built engine, from the engine rule's record; its status and reason when there is none."""
-        if not self.files.engine_dir:
+        if not self.files.engine_record:
             raise BackendUnavailable("TensorRT-LLM needs an engine; the models rule `trtllm_engine` gave none")
-        record = read_engine_record(self.files.engine_dir)
+        record = read_engine_record(self.files.engine_record)
         self.engine_record = record
         status = record.get("status")
         if status == "ok" and record.get("engine_dir") and Path(record["engine_dir"]).is_dir():

@@ -233,7 +233,7 @@ class TrtLlmServer(ServerSpec):
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
-        engine = _trtllm_engine_dir(files.engine_dir)
+        engine = _trtllm_engine_dir(files.engine_record)
         model = engine or str(files.weights_dir or files.hf_dir)
         argv = ["trtllm-serve", model, "--host", host, "--port", str(port),
                 "--max_batch_size", str(lib.get("max_batch_size") or 256),
@@ -250,14 +250,15 @@ class TrtLlmServer(ServerSpec):
                 "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
 
 
-def _trtllm_engine_dir(engine_dir: str | None) -> str | None:
-    """The engine folder named by the models rules' ``engine.json`` there, if it says the build succeeded."""
-    engine_record = Path(engine_dir) / "engine.json" if engine_dir else None
-    if engine_record is None or not engine_record.exists():
+def _trtllm_engine_dir(engine_record: str | None) -> str | None:
+    """The engine folder named by the models rules' ``engine.json``, if it says the build succeeded."""
+    from inference_eval.models.trtllm_engine import read_engine_record
+
+    if not engine_record:
         return None
     try:
-        rec = json.loads(Path(engine_record).read_text())
-    except (OSError, ValueError):
+        rec = read_engine_record(engine_record)
+    except FileNotFoundError:
         return None
     return rec.get("engine_dir") if rec.get("status") == "ok" else None
 
