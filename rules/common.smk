@@ -88,7 +88,8 @@ def model_files(wildcards):
     return files
 
 
-# Timed jobs (batch, serving, module profiling) take every core the run was given, so no two
-# measurements share the machine; cheap jobs still run side by side.
+# Timed jobs (batch, serving, module profiling) claim every core the run was given, so Snakemake
+# never runs two measurements side by side; cheap jobs still run in parallel. Their scripts cap the
+# thread variables Snakemake sets from this at the machine's real cores (hardware.cap_thread_env).
 # Unset under a cluster executor, where cpus_per_task sizes each job instead.
 MEASURE_THREADS = max(1, int(workflow.resource_settings.cores or 1))

@@ -5,7 +5,6 @@
 # slurm_partition, constraint, gpu (or gres), mem_mb, runtime (minutes), cpus_per_task and, when the
 # hardware profile names them, slurm_account, qos and slurm_extra. A local run ignores what it does
 # not know. An unset key (null in conf/hardware/<hw>.yaml) is left out of the sbatch call.
-import importlib.util as _importlib_util
 
 
 def _hardware_slurm(wildcards) -> dict:
@@ -69,16 +68,7 @@ CPU_LOCALRULES = [
 # reruns only outputs that are missing without a known kill. To try killed jobs again (e.g. after
 # raising hardware.slurm.runtime_min or mem_mb), delete their .slurm.json files or set the root config
 # key `slurm_retry_killed=true`.
-def _load_slurm_failures():
-    path = Path(workflow.current_basedir).parent / "scripts" / "slurm_failures.py"
-    spec = _importlib_util.spec_from_file_location("inference_eval_slurm_failures", path)
-    loaded = _importlib_util.module_from_spec(spec)
-    sys.modules[spec.name] = loaded  # dataclasses look their module up there
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
-slurm_failures = _load_slurm_failures()
+from inference_eval import slurm_failures
 
 
 def record_or_slurm_failure(path):

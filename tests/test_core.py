@@ -78,3 +78,12 @@ def test_wrong_hardware_stops_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("INFERENCE_EVAL_HARDWARE", "h100")
     with pytest.raises(WrongHardwareError):
         ensure_local_hardware("a100")  # a known, different GPU is refused even under SLURM
+
+
+def test_thread_env_is_capped_at_usable_cores(monkeypatch):
+    from inference_eval.hardware import cap_thread_env, usable_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(usable_cores() + 6))
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert cap_thread_env() == usable_cores()
+    assert os.environ["OMP_NUM_THREADS"] == str(usable_cores()) and os.environ["MKL_NUM_THREADS"] == "1"

@@ -2,14 +2,13 @@
 one-node cluster started by scripts/local_slurm.sh (Debian slurm-wlm + munge; needs root or an
 installed SLURM).
 
-Fast tests read the kill-reason collector (scripts/slurm_failures.py) on log text and plan the DAG with
+Fast tests read the kill-reason collector (inference_eval.slurm_failures) on log text and plan the DAG with
 the cluster profile. Tests marked `slurm` start the local cluster once per module and stop it at the end.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -21,20 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from inference_eval import slurm_failures
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _load_collector():
-    spec = importlib.util.spec_from_file_location("slurm_failures", REPO / "scripts" / "slurm_failures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-slurm_failures = _load_collector()
 
 
 def run_snakemake(args, workdir, snakefile=REPO / "Snakefile", timeout=300, env_extra=None):

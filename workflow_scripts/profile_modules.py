@@ -3,11 +3,12 @@
 # process (e.g. no vLLM) writes its tables as status/reason rows and exits 0.
 from pathlib import Path
 
-from inference_eval.hardware import ensure_local_hardware
+from inference_eval.hardware import cap_thread_env, ensure_local_hardware
 from inference_eval.profiling.workflow import profile_library
 
 cfg = snakemake.params.cfg
 ensure_local_hardware(snakemake.wildcards.hardware, bool(cfg.get("allow_foreign_hardware")))
+cap_thread_env()
 
 hf = getattr(snakemake.input, "hf", None)
 outputs = {key: str(getattr(snakemake.output, key)) for key in

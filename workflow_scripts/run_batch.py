@@ -3,10 +3,11 @@
 # (ok, invalid, oom, failed, not_installed, unsupported) is a record and exits 0.
 from inference_eval.backends.base import ModelFiles
 from inference_eval.batch import run_batch
-from inference_eval.hardware import ensure_local_hardware
+from inference_eval.hardware import cap_thread_env, ensure_local_hardware
 
 cfg = snakemake.params.cfg
 ensure_local_hardware(snakemake.wildcards.hardware, bool(cfg.get("allow_foreign_hardware")))
+cap_thread_env()
 record = run_batch(cfg, snakemake.input.rows, ModelFiles.from_rule_inputs(snakemake.input), snakemake.output.record,
                    snakemake.output.requests, log_path=snakemake.log[0] if snakemake.log else None)
 print(f"batch {record['library']}/{record['model']}/{record['dataset']}: {record['status']}"

@@ -54,3 +54,25 @@ def ensure_local_hardware(target: str, allow_foreign: bool = False) -> None:
             f"is '{here}'. Run it on a '{target}' machine, submit it with the SLURM profile "
             f"(snakemake --profile profiles/slurm ...), or pass --config allow_foreign_hardware=true "
             f"to measure anyway (the numbers would be this machine's, filed under '{target}').")
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cap_thread_env() -> int:
+    """Cap the thread counts in this process's environment (inherited by the libraries and servers
+    it starts) at the usable cores. A timed Snakemake job claims all the cores the run was given
+    (``--cores 8`` on a 2-core machine) so it runs alone; as threads, that many would oversubscribe."""
+    cores = usable_cores()
+    for var in THREAD_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > cores:
+            os.environ[var] = str(cores)
+    return cores
