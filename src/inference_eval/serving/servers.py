@@ -150,8 +150,12 @@ class LlamaCppServer(ServerSpec):
         return LaunchCommand(argv, env, secret)
 
     def body(self, request, model_name, prompt_text=None):
+        # MII's server cannot pass ignore_eos and compares min_tokens with prompt + generated tokens,
+        # so min_tokens = n does not force n; a min far above max_tokens does, and then
+        # finish_reason "length" means exactly n ids (seen on the H100, docs/mii.md). Its usage field
+        # re-tokenizes text (and counts a BOS), so it is not used for the count.
         n = request.max_tokens
-        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": MII_MIN_TOKENS,
                 "temperature": 0.0, "stream": True}
 
 
@@ -192,6 +196,9 @@ class TransformersServer(ServerSpec):
                 "generation_config": json.dumps(gen)}
 
 
+MII_MIN_TOKENS = 1_000_000
+
+
 class MiiServer(ServerSpec):
     library = "mii"
     prompt_as_text = True
@@ -216,8 +223,12 @@ class MiiServer(ServerSpec):
         return str(files.weights_dir)  # MII checks the request's model against --model
 
     def body(self, request, model_name, prompt_text=None):
+        # MII's server cannot pass ignore_eos and compares min_tokens with prompt + generated tokens,
+        # so min_tokens = n does not force n; a min far above max_tokens does, and then
+        # finish_reason "length" means exactly n ids (seen on the H100, docs/mii.md). Its usage field
+        # re-tokenizes text (and counts a BOS), so it is not used for the count.
         n = request.max_tokens
-        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": MII_MIN_TOKENS,
                 "temperature": 0.0, "stream": True}
 
 
