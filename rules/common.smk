@@ -90,6 +90,7 @@ def model_files(wildcards):
 
 # Timed jobs (batch, serving, module profiling) claim every core the run was given, so Snakemake
 # never runs two measurements side by side; cheap jobs still run in parallel. Their scripts cap the
-# thread variables Snakemake sets from this at the machine's real cores (hardware.cap_thread_env).
+# OMP_NUM_THREADS Snakemake sets from this at the real cores and drop the BLAS thread variables
+# (hardware.cap_thread_env).
 # Unset under a cluster executor, where cpus_per_task sizes each job instead.
 MEASURE_THREADS = max(1, int(workflow.resource_settings.cores or 1))
