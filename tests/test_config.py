@@ -91,3 +91,31 @@ def test_pipeline_matrix_and_jobs(monkeypatch):
 def test_config_hash_changes_with_config():
     a, b = compose([]), compose(["seed=1"])
     assert config_hash(a) != config_hash(b) and config_hash(a) == config_hash(compose([]))
+
+
+def test_group_overrides_apply_to_the_members_that_have_them():
+    # one override list serves every job of a run: serving keys for serving jobs, llama.cpp keys for
+    # llama.cpp jobs; the other jobs compose without them
+    ov = ["scenario.num_requests=160", "library.gguf_dtype=bf16"]
+    batch = compose(ov)
+    assert batch["scenario"]["name"] == "batch" and "num_requests" not in batch["scenario"]
+    assert "gguf_dtype" not in batch["library"]
+    serving = compose(ov + ["scenario=serving", "library=llamacpp"])
+    assert serving["scenario"]["num_requests"] == 160 and serving["library"]["gguf_dtype"] == "bf16"
+
+
+def test_group_key_no_member_has_is_an_error():
+    with pytest.raises(ConfigError, match="num_reqests.*valid scenario keys.*num_requests"):
+        compose(["scenario.num_reqests=1"])
+
+
+def test_synthetic_rows_carry_no_prompt_text():
+    from inference_eval.requests import SYNTHETIC_PROMPT, Request
+    from inference_eval.serving.sweep import prompt_texts
+
+    synthetic = Request("s", (5, 6), 2, prompt=SYNTHETIC_PROMPT.format(n=2))
+    real = Request("r", (5, 6), 2, prompt="what is 2+2?")
+    assert synthetic.text == "" and real.text == "what is 2+2?"
+    with pytest.raises(ValueError, match="no tokenizer folder"):
+        prompt_texts([real, synthetic], None)  # the synthetic one needs its ids decoded
+    assert prompt_texts([real], None) == {"r": "what is 2+2?"}

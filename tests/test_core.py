@@ -87,3 +87,15 @@ def test_thread_env_is_capped_at_usable_cores(monkeypatch):
     monkeypatch.setenv("MKL_NUM_THREADS", "8")
     assert cap_thread_env() == usable_cores()
     assert os.environ["OMP_NUM_THREADS"] == str(usable_cores()) and "MKL_NUM_THREADS" not in os.environ
+
+
+def test_throughput_figure_labels_synthetic_datasets():
+    import pandas as pd
+
+    from inference_eval.report.tables import throughput_figure
+
+    row = {"library_label": "TRF", "model": "tiny-llama", "token_throughput_tok_s": 10.0, "status": "ok"}
+    fig = throughput_figure({"s2s": pd.DataFrame([{**row, "synthetic": True}]),
+                             "l2s": pd.DataFrame([{**row, "synthetic": False}])}, "t")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["s2s (synthetic)", "l2s"]

@@ -92,9 +92,9 @@ def test_pipeline_arguments_and_exact_lengths(fake_mii):
     assert check_lengths(REQUESTS, completions).valid
     # "hello there" re-tokenized by the fake engine is 3 tokens, not the dataset's 2: counted, and the
     # engine's own prompt length is what the completion reports
-    assert b.stats["groups"] == 2 and b.stats["prompt_length_mismatches"] == 1
+    assert b.stats["calls"] == 2 and b.stats["prompt_length_mismatches"] == 1
     assert [c.prompt_tokens for c in completions] == [3, 3, 4]
-    assert "text" in b.stats["prompt_format"]
+    assert b.stats["submission"].startswith("grouped by max_tokens")
     b.close()
     assert pipe.destroyed
 
@@ -129,3 +129,60 @@ def test_unavailable_reasons(monkeypatch):
         MiiBackend(job_cfg("cpu"), ModelFiles(weights_dir="/w")).pipeline_kwargs()
     with pytest.raises(BackendUnavailable, match="model_weights"):
         MiiBackend(job_cfg(), ModelFiles()).pipeline_kwargs()
+
+
+class FakeRaggedPipeline:
+    """MII 0.3.x's MIIPipeline.__call__: one _put_request(uid, text, kwargs) per prompt, then responses."""
+
+    tid = 7
+
+    def __init__(self):
+        import queue
+
+        self.request_queue = queue.Queue()
+        self.result_queues = {}
+        self.calls = 0
+
+    def make_request(self, tid, uid, input_tokens, kwargs):
+        return (uid, [int(t) for t in input_tokens], dict(kwargs))
+
+    def _put_request(self, uid, text, kwargs):  # the class's own: tokenizes text (never used here)
+        raise AssertionError("the text path must not run when ids can be submitted")
+
+    def __call__(self, prompts, **generate_kwargs):
+        self.calls += 1
+        for uid, text in enumerate(prompts):
+            self._put_request(uid, text, generate_kwargs.copy())
+        out = {}
+        while not self.request_queue.empty():
+            uid, ids, kw = self.request_queue.get()
+            out[uid] = Response("x", len(ids), kw["max_new_tokens"], "length")
+        return [out[uid] for uid in range(len(prompts))]
+
+    def destroy(self):
+        pass
+
+
+def test_one_call_with_token_ids_and_per_request_lengths(fake_mii):
+    from inference_eval.backends.mii_backend import MiiBackend
+
+    pipe = fake_mii["pipe"] = FakeRaggedPipeline()
+    b = MiiBackend(job_cfg(), ModelFiles(weights_dir="/m/weights"))
+    b.load()
+    completions = b.generate(REQUESTS)
+    assert pipe.calls == 1 and b.stats["submission"] == "one call, token ids, per-request lengths"
+    assert [c.output_tokens for c in completions] == [4, 2, 4]
+    assert [c.prompt_tokens for c in completions] == [3, 2, 4]  # the ids as given, no re-tokenizing
+    assert b.stats["prompt_length_mismatches"] == 0 and check_lengths(REQUESTS, completions).valid
+    assert "_put_request" not in vars(pipe)  # the hook is removed after the call
+    b.close()
+
+
+def test_synthetic_rows_are_sent_as_their_ids_decoded(fake_mii):
+    from inference_eval.backends.mii_backend import MiiBackend
+    from inference_eval.requests import SYNTHETIC_PROMPT
+
+    b = MiiBackend(job_cfg(), ModelFiles(weights_dir="/m/weights"))
+    b.load()
+    r = Request("s", (1, 20, 21), 2, prompt=SYNTHETIC_PROMPT.format(n=3))
+    assert r.text == "" and b.prompt_text(r) == "t20 t21"

@@ -77,3 +77,15 @@ def test_coefficients_table_columns_and_bad_input():
         regression.features("generate", 1, 1, 1, 1, 1, 1)
     with pytest.raises(ValueError, match="lacks columns"):
         regression.fit_stage(pts.drop(columns=["h_ff"]), "prefill")
+
+
+def test_decode_points_are_fitted_at_their_context_length():
+    import pandas as pd
+
+    from inference_eval.profiling.regression import context, features
+
+    pts = pd.DataFrame({"b": [2, 2], "s": [64, 64], "stage": ["prefill", "decode"], "context": [64, 65]})
+    assert context(pts).tolist() == [64, 65]
+    assert context(pts.drop(columns="context")).tolist() == [64, 64]  # older points tables: s as given
+    X = features("decode", [2], [65], [64], [128], [1], [1])
+    assert X[0, 0] == 2 * 65 * 64  # b*s*h*l at the decode step's context

@@ -118,3 +118,12 @@ def test_mii_request_forces_length_through_finish_reason():
     body = server.body(Request("r", (5, 6), 16), "model", "some text")
     assert body["max_tokens"] == 16 and body["min_tokens"] > 16  # min vs prompt+generated in MII
     assert server.length_from_finish_reason and server.prompt_as_text
+
+
+def test_llamacpp_request_masks_eos_until_max_tokens():
+    from inference_eval.requests import Request
+    from inference_eval.serving.servers import LlamaCppServer
+
+    body = LlamaCppServer().body(Request("r", (5, 6), 16), "model", "some text")
+    # llama-cpp-python counts min_tokens over generated tokens only: min = max forces the length
+    assert body["max_tokens"] == 16 and body["min_tokens"] == 16 and body["prompt"] == "some text"

@@ -105,3 +105,15 @@ def test_cli_prints_one_op_layer_and_model(capsys):
     assert "lm_head" in out and "embedding" in out
     assert main(["theory", "--model", "nope"]) == 2
     assert "valid model choices" in capsys.readouterr().err
+
+
+def test_paper_flops_column_assumes_one_kv_head_per_head():
+    from inference_eval.config import compose
+    from inference_eval.theory.roofline import op_table_for_config
+
+    gqa = op_table_for_config(compose(["model=mistral-7b", "hardware=a100"]), 8, 512).set_index(["stage", "op"])
+    mha = op_table_for_config(compose(["model=llama2-7b", "hardware=a100"]), 8, 512).set_index(["stage", "op"])
+    b, s, h = 8, 512, 4096
+    assert gqa.loc[("prefill", "qkv_proj"), "flops_paper"] == 6 * b * s * h**2  # the paper's 6bsh^2
+    assert gqa.loc[("prefill", "qkv_proj"), "flops"] == 2 * b * s * h * (h + 2 * 1024)  # GQA: h_kv = 8*128
+    assert (mha["flops"] == mha["flops_paper"]).all()

@@ -1,77 +1,115 @@
 #!/usr/bin/env bash
-# One step of the H100 campaign (issue 10), run on the lent GPU by the `device` tool:
-#   bash scripts/device/campaign.sh STEP
-# Steps, each one device call, back to back on one warm machine (see results/h100/README.md):
-#   vllm1 (carry .vk1) | vllm2 (carry .vk2) | batch (carry .vk3 .pk .data .tokcache)
-#   serve | llamacpp (carry .lcp) | fine | report   (each carrying .data .tokcache too: an ignored
-#   path a call does not carry is gone there)
-# .vk*/.lcp/.pk come from ../shared/device/*-kit.sh; .data is a copy of ../shared/data (the
-# sources, used through data_root=.data); .tokcache a copy of ~/.cache/inference_eval (the Llama-2
-# tokenizer, which the GPU machine cannot download). Logs and results/h100 come back under $OUT.
+# One step of the campaign on the lent GPU (issues 10, 11), run there by the `device` tool:
+#   HW=h200 bash scripts/device/campaign.sh STEP [BUDGET_S]
+# HW is the hardware key whose results the step makes (h100, h200; default: detected by the package).
+# Steps, each one device call, back to back on one warm machine (results/<hw>/README.md says what ran):
+#   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vllm2 (carry .vk2)
+#   batch (carry .vk3 .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp) | mii (carry .mii)
+# .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
+# copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
+# ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
+# What a step installs (/tmp/site, /tmp/pksite, /tmp/lcpsite, /tmp/miisite) and the sources and
+# results (/root/campaign) stay on the warm machine, so later steps carry only their own kit.
 # Results live outside the checkout (/root/campaign/results): each call re-sends the working tree,
-# which replaces an un-ignored results/h100 there and drops ignored paths a call does not carry, so
-# a results folder inside the checkout does not survive from one call to the next.
+# which drops ignored paths a call does not carry, so a results folder inside the checkout would not
+# survive from one call to the next. Every step returns results-<hw>.tgz and its log under $OUT.
 set -uo pipefail
 step=${1:?step}
-budget=${2:-520}   # seconds this step's Snakemake runs may take before they are stopped
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$PWD/.tokcache VLLM_USE_FLASHINFER_SAMPLER=0
+budget=${2:-540}   # seconds this step's Snakemake runs may take before they are stopped
+CAMPAIGN=/root/campaign
+mkdir -p "$CAMPAIGN"
+[ -d .data ] && { rm -rf "$CAMPAIGN/data"; cp -r .data "$CAMPAIGN/data"; }
+[ -d .tokcache ] && { rm -rf "$CAMPAIGN/tokcache"; cp -r .tokcache "$CAMPAIGN/tokcache"; }
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$CAMPAIGN/tokcache VLLM_USE_FLASHINFER_SAMPLER=0
+HW=${HW:-$(PYTHONPATH=src python3 -c 'from inference_eval.hardware import detect_hardware; print(detect_hardware())')}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log=$OUT/$step.log
 start=$(date +%s)
 left() { echo $(( budget - ($(date +%s) - start) )); }
 
 setup_python() {
-  [ -d /tmp/pksite/snakemake ] || { source .pk/pk-install.sh || return 1; }
-  export PYTHONPATH=$PWD/src:/tmp/site:/tmp/lcpsite:/tmp/pksite PATH=/tmp/pksite/bin:$PATH
+  if [ ! -d /tmp/pksite/snakemake ]; then
+    [ -d .pk ] || { echo "no Snakemake here: carry .pk in this call"; return 1; }
+    source .pk/pk-install.sh || return 1
+  fi
+  [ -d /tmp/site/vllm ] && export VLLM_USE_FLASHINFER_SAMPLER=0
+  export PYTHONPATH=$PWD/src:/tmp/site:/tmp/lcpsite:/tmp/miisite:/tmp/pksite PATH=/tmp/pksite/bin:/tmp/miisite/bin:$PATH
 }
 
-# Snakemake on h100 targets; $1 = overrides, rest = targets. Stops cleanly when the step's time is up.
+# Snakemake on $HW targets; $1 = overrides, rest = targets. Stops cleanly when the step's time is up.
 sm() {
   local ov=$1; shift
   local t; t=$(left); [ "$t" -gt 30 ] || { echo "skipped (no time left): $*"; return 0; }
-  timeout -s INT "$t" python3 -m snakemake --cores 16 --keep-going --nolock \
-    --config model="${MODEL:-llama2-7b}" overrides="matrix.dataset_variant=real data_root=.data results_dir=$RESULTS $ov" -- "$@"
+  echo "== $(date +%T) snakemake ($t s left): $ov :: $*"
+  timeout -s INT "$t" python3 -m snakemake --cores 16 --keep-going --nolock ${SM_EXTRA:-} \
+    --config model="${MODEL:-llama2-7b}" \
+    overrides="matrix.dataset_variant=real data_root=$CAMPAIGN/data results_dir=$RESULTS $ov" -- "$@"
 }
 
-RESULTS=/root/campaign/results
-REAL="$RESULTS/h100"
+RESULTS=$CAMPAIGN/results
+REAL="$RESULTS/$HW"
+# The seeded subsets (rows per dataset) the campaign runs: the same on every GPU, so columns compare.
+limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
+# One serving schedule for vLLM and MII (the same requests, so their curves compare); llama.cpp serves one
+# request at a time, so it gets fewer requests at lower rates.
+SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10"
+LCP_SERVE="scenario.num_requests=60 scenario.rates=[0.5,2.0] scenario.drop_first=5 scenario.drop_last=5"
+FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]]"
+
 case $step in
-  vllm1) mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk ;;
+  vllm1)
+    { mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk
+      nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
+      python3 scripts/device/ceilings.py "$OUT/ceilings.json"; } 2>&1 | tee "$log" ;;
   vllm2) cp .vk2/* /root/vk/ && ls -la /root/vk ;;
   batch)
     { source .vk3/vk-install.sh && setup_python && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
-      sm "dataset.limit=200" $REAL/batch/{vllm,transformers,mii,trtllm}/llama2-7b/s2s.json
-      sm "dataset.limit=64" $REAL/batch/{vllm,transformers,mii,trtllm}/llama2-7b/l2s.json
-      sm "dataset.limit=16" $REAL/batch/{vllm,transformers,mii,trtllm}/llama2-7b/s2l.json
+      for d in s2s l2s; do
+        sm "dataset.limit=$(limit $d)" $REAL/batch/{vllm,transformers,trtllm}/llama2-7b/$d.json
+      done
+      # the long ones last, Transformers' s2l (about 2 minutes on an H100) after vLLM's s16k
+      sm "dataset.limit=$(limit s2l)" $REAL/batch/{vllm,trtllm}/llama2-7b/s2l.json
       MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
+      sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
   serve)
-    { test -d /tmp/site/vllm && setup_python
-      SERVE="scenario.num_requests=240 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=20 scenario.drop_last=20"
-      sm "dataset.limit=200 $SERVE" $REAL/serving/vllm_llama2-7b_s2s.csv
-      sm "dataset.limit=64 $SERVE" $REAL/serving/vllm_llama2-7b_l2s.csv
+    { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
+      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; done
+    } 2>&1 | tee "$log" ;;
+  fine)  # Transformers eager: the sweeps, then Nsight Compute over layer 1 (one call's worth)
+    { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
+      sm "$FINE" $REAL/modules/transformers-eager.json
+    } 2>&1 | tee "$log" ;;
+  fine2)  # vLLM eager the same way, then the fitted time model of both
+    { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
+      sm "$FINE" $REAL/modules/vllm.json
+      sm "$FINE" $REAL/coefficients.csv
     } 2>&1 | tee "$log" ;;
   llamacpp)
     { source .lcp/lcp-install.sh && setup_python
-      sm "dataset.limit=200" $REAL/batch/llamacpp/llama2-7b/s2s.json
-      sm "dataset.limit=64" $REAL/batch/llamacpp/llama2-7b/l2s.json
-      sm "dataset.limit=16" $REAL/batch/llamacpp/llama2-7b/s2l.json
+      for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/llamacpp/llama2-7b/$d.json; done
+      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
-  fine)
-    { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
-      sm "" $REAL/coefficients.csv $REAL/figures/module_shares.png $REAL/figures/time_model_fit.png
-    } 2>&1 | tee "$log" ;;
-  report)
-    { setup_python
-      for d in s2s l2s s2l; do
-        lim=$(case $d in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; esac)
-        sm "dataset.limit=$lim ${REPORT_EXTRA:-}" $REAL/${d}_table.csv $REAL/theory/llama2-7b_ops_b8_s512.csv $REAL/theory/llama2-7b_roofline.png
-      done
-      MODEL=vicuna-7b-16k sm "dataset.limit=2 matrix.libraries=[vllm]" $REAL/s16k_table.csv
+  mii)
+    # MII's own packages first and vLLM's kit (/tmp/site) off the path: its fastapi beside the MII
+    # kit's typing_extensions 4.15 broke MII's OpenAI server at import ("cannot import name 'sentinel'").
+    { source .mii/mii-install.sh && setup_python && export TORCH_CUDA_ARCH_LIST=9.0 \
+        PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
+      # DeepSpeed JIT-builds its FastGen ops on a fresh machine (about 2.5 min): build them while the
+      # weights are written, so the timed runs find them ready.
+      python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs" & jit=$!
+      sm "dataset.limit=$(limit s2s)" $RESULTS/models/llama2-7b/weights/model.safetensors
+      wait $jit
+      for d in s2s l2s; do sm "dataset.limit=$(limit $d)" $REAL/batch/mii/llama2-7b/$d.json; done
+      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
+      sm "dataset.limit=$(limit s2l)" $REAL/batch/mii/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
 rc=$?
-[ -d "$REAL" ] && tar czf "$OUT/results-h100.tgz" -C /root/campaign results/h100 $(cd /root/campaign && ls results/datasets/*/manifest.json 2>/dev/null)
+# Back: this hardware's results, the built datasets and the model configs (no weights, no GGUF), so the
+# tables and figures can be made on any machine (`snakemake --rerun-triggers mtime ...`).
+[ -d "$REAL" ] && tar czf "$OUT/results-$HW.tgz" --exclude='*.safetensors' --exclude='*.gguf' -C "$CAMPAIGN" \
+  "results/$HW" results/datasets $(cd "$CAMPAIGN" && ls -d results/models/*/hf 2>/dev/null)
 ls -la "$OUT"
 exit $rc

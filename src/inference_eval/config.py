@@ -94,6 +94,54 @@ def _quote_numeric_choice(override: str) -> str:
     return override
 
 
+@functools.lru_cache(maxsize=None)
+def member_keys(group: str) -> dict[str, frozenset[str]]:
+    """Top-level keys of each member of a config group."""
+    from omegaconf import OmegaConf
+
+    return {name: frozenset(OmegaConf.load(CONF_DIR / group / f"{name}.yaml").keys()) for name in group_options(group)}
+
+
+@functools.lru_cache(maxsize=None)
+def default_members() -> dict[str, str]:
+    from omegaconf import OmegaConf
+
+    out = {}
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", []):
+        if isinstance(entry, Mapping) or hasattr(entry, "items"):
+            out.update({str(k): str(v) for k, v in entry.items()})
+    return out
+
+
+def applicable_overrides(overrides: list[str]) -> list[str]:
+    """Drop ``group.key=value`` overrides that belong to another member of the group than the one chosen.
+
+    One override list serves every job of a run: ``scenario.num_requests=160`` is meant for serving
+    jobs, ``library.gguf_dtype=bf16`` for llama.cpp jobs; a batch or vLLM job composes without them.
+    A key that no member of the group has is a typo and stops with the valid keys listed.
+    """
+    chosen = dict(default_members())
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if sep and key in GROUPS:
+            chosen[key] = value.strip("'\"")
+    out = []
+    for ov in overrides:
+        m = _OVERRIDE.match(ov)
+        parts = m.group("key").split(".") if m else []
+        if m and not m.group("prefix") and len(parts) > 1 and parts[0] in GROUPS:
+            group, key = parts[0], parts[1]
+            members = member_keys(group)
+            if key not in members.get(chosen.get(group, ""), frozenset()):
+                if not any(key in keys for keys in members.values()):
+                    valid = sorted(set().union(*members.values()))
+                    raise ConfigError(f"unknown config key {m.group('key')!r} in override {ov!r}: no {group} "
+                                      f"member has {key!r}; valid {group} keys: {', '.join(valid)}")
+                continue  # meant for another member of this group
+        out.append(ov)
+    return out
+
+
 def compose(overrides: Iterable[str] = ()) -> dict:
     """Compose ``conf/config.yaml`` with ``overrides`` and return a plain, resolved dict."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -103,6 +151,7 @@ def compose(overrides: Iterable[str] = ()) -> dict:
 
     overrides = [_quote_numeric_choice(o) for o in overrides]
     validate_overrides(overrides)
+    overrides = applicable_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)

@@ -8,6 +8,7 @@ goes through one backend (batch) or the client (serving), comes back as a ``Comp
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -15,6 +16,11 @@ from typing import Iterable, Sequence
 
 class DatasetError(ValueError):
     """A dataset file or row that cannot be used; the message names the file and the row."""
+
+
+# What a synthetic row has in place of a prompt text: a description of its ids, never a prompt to send.
+SYNTHETIC_PROMPT = "<synthetic: {n} random token ids>"
+_SYNTHETIC_PROMPT = re.compile(r"<synthetic: \d+ random token ids>")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,11 @@ class Request:
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def text(self) -> str:
+        """The prompt as text when the row has one; "" for a synthetic row, whose ids are the prompt."""
+        return "" if _SYNTHETIC_PROMPT.fullmatch(self.prompt) else self.prompt
 
 
 @dataclass

@@ -6,14 +6,17 @@ ignore_eos=True, do_sample=False)`` schedules all prompts of one call together (
 Dynamic SplitFuse) and returns one ``Response`` per prompt with ``generated_text``, ``prompt_length``,
 ``generated_length`` and ``finish_reason``; ``pipe.destroy()`` frees the engine.
 
-What that API cannot carry, and what is recorded in ``stats`` instead:
-- prompts are strings (the pipeline tokenizes them), so token-id prompts are decoded to text with the
-  model folder's tokenizer; ``prompt_length`` comes back and is compared with ours
-  (``prompt_length_mismatches``);
-- generated token ids are not returned, so the output count is the engine's ``generated_length``
-  (``Completion.reported_tokens``) and is checked against ``max_tokens`` like any other;
-- one call takes one set of generation arguments, so requests are grouped by ``max_tokens`` and
-  each group is one pipeline call (``groups``).
+The public call takes text prompts and one set of generation arguments for all of them. So that MII
+gets the same workload as the other libraries (every request submitted at once, token-id prompts,
+each with its own length), ``generate`` submits through the pipeline's own per-request hook
+(``_put_request(uid, text, kwargs)``, which the call runs once per prompt, uid = its index): each
+request goes in as its token ids with its own ``max_new_tokens`` (``stats['submission']`` says
+``one call, token ids, per-request lengths``). Where that hook is missing (another MII version),
+requests are grouped by ``max_tokens``, one call per group, prompts as text (``grouped by max_tokens``).
+
+Generated token ids are not returned, so the output count is the engine's ``generated_length``
+(``Completion.reported_tokens``), checked against ``max_tokens`` like any other; ``prompt_length``
+comes back and is compared with ours (``prompt_length_mismatches``).
 Weights: the random-weight folder of the ``model_weights`` rule (MII loads weights from files).
 """
 
@@ -37,8 +40,7 @@ class MiiBackend(Backend):
         super().__init__(cfg, files)
         self._pipe = None
         self._tokenizer = None
-        self.stats: dict[str, Any] = {"prompt_format": "text (mii.pipeline accepts strings only)",
-                                      "output_count": "Response.generated_length (no token ids returned)"}
+        self.stats: dict[str, Any] = {"output_count": "Response.generated_length (no token ids returned)"}
 
     @classmethod
     def check_available(cls) -> None:
@@ -89,20 +91,53 @@ class MiiBackend(Backend):
 
     def prompt_text(self, r: Request) -> str:
         """The request as the text MII will tokenize: the dataset's text, or its ids decoded."""
-        if r.prompt:
-            return r.prompt
+        if r.text:
+            return r.text
         return self._tokenizer.decode(list(r.prompt_token_ids), skip_special_tokens=True)
+
+    @staticmethod
+    def can_submit_ids(pipe: Any) -> bool:
+        return all(callable(getattr(pipe, name, None)) for name in ("_put_request", "make_request")) and \
+            hasattr(pipe, "request_queue") and hasattr(pipe, "result_queues")
+
+    def _call_with_ids(self, requests: Sequence[Request]) -> list:
+        """One pipeline call for all requests, each as its token ids with its own max_new_tokens."""
+        import queue
+
+        import torch
+
+        pipe = self._pipe
+
+        def put_request(uid: int, _text: str, kwargs: dict) -> None:
+            # MIIPipeline._put_request (0.3.x) with the ids given instead of tokenizing a text
+            r = requests[uid]
+            kwargs.update(self.generate_kwargs(r.max_tokens))
+            pipe.result_queues[pipe.tid] = queue.Queue()
+            ids = torch.tensor(r.prompt_token_ids, dtype=torch.long)
+            pipe.request_queue.put(pipe.make_request(pipe.tid, uid, ids, kwargs))
+
+        pipe._put_request = put_request
+        try:
+            return pipe([""] * len(requests), **self.generate_kwargs(max(r.max_tokens for r in requests)))
+        finally:
+            del pipe._put_request  # back to the class's method
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         if self._pipe is None:
             raise RuntimeError("MiiBackend.generate called before load()")
-        groups: dict[int, list[Request]] = defaultdict(list)
-        for r in requests:
-            groups[r.max_tokens].append(r)
+        if self.can_submit_ids(self._pipe):
+            calls = [(list(requests), self._call_with_ids(requests))]
+            self.stats["submission"] = "one call, token ids, per-request lengths"
+        else:
+            groups: dict[int, list[Request]] = defaultdict(list)
+            for r in requests:
+                groups[r.max_tokens].append(r)
+            calls = [(group, self._pipe([self.prompt_text(r) for r in group], **self.generate_kwargs(n)))
+                     for n, group in sorted(groups.items())]
+            self.stats["submission"] = f"grouped by max_tokens: {len(groups)} calls, text prompts"
         by_id: dict[str, Completion] = {}
         prompt_mismatches = 0
-        for max_tokens, group in sorted(groups.items()):
-            responses = self._pipe([self.prompt_text(r) for r in group], **self.generate_kwargs(max_tokens))
+        for group, responses in calls:
             if len(responses) != len(group):
                 raise RuntimeError(f"mii.pipeline returned {len(responses)} responses for {len(group)} prompts")
             for r, resp in zip(group, responses):
@@ -110,7 +145,7 @@ class MiiBackend(Backend):
                 prompt_mismatches += engine_prompt != r.prompt_len
                 by_id[r.id] = Completion(id=r.id, requested_tokens=r.max_tokens, prompt_tokens=engine_prompt,
                                          reported_tokens=int(resp.generated_length))
-        self.stats.update(groups=len(groups), prompt_length_mismatches=prompt_mismatches)
+        self.stats.update(calls=len(calls), prompt_length_mismatches=prompt_mismatches)
         return [by_id[r.id] for r in requests]
 
     def versions(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from inference_eval.datasets.rules import DatasetRow, RuleResult, rng
-from inference_eval.requests import DatasetError
+from inference_eval.requests import SYNTHETIC_PROMPT, DatasetError
 
 
 def draw_lengths(spec: Mapping[str, Any], n: int, generator: np.random.Generator, what: str) -> np.ndarray:
@@ -51,7 +51,7 @@ def synthetic_rows(name: str, profile: Mapping[str, Any], seed: int) -> RuleResu
     rows = []
     for k, (n_in, n_out) in enumerate(zip(inputs, outputs)):
         ids = ids_rng.integers(lo, hi + 1, size=int(n_in))
-        rows.append(DatasetRow(f"{name}-synthetic-{k:05d}", f"<synthetic: {int(n_in)} random token ids>",
+        rows.append(DatasetRow(f"{name}-synthetic-{k:05d}", SYNTHETIC_PROMPT.format(n=int(n_in)),
                                tuple(int(t) for t in ids), int(n_out)))
     rule = {"description": "SYNTHETIC: random token ids (uniform in token_ids) with input and output lengths "
                            "drawn from the profile", "profile": dict(profile)}

@@ -83,7 +83,7 @@ class Fit:
     identified: str
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        X = features(self.stage, frame["b"], frame["s"], frame["h"], frame["h_ff"], frame["n"], frame["l"])
+        X = features(self.stage, frame["b"], context(frame), frame["h"], frame["h_ff"], frame["n"], frame["l"])
         return X @ np.array([self.coefficients[c] for c in COEFFICIENTS[self.stage]])
 
 
@@ -118,6 +118,12 @@ def _identified(stage: str, X: np.ndarray) -> tuple[int, str]:
     return rank, ",".join(alone) if alone else "none alone"
 
 
+def context(points: pd.DataFrame) -> pd.Series:
+    """The s of the time model per point: the ``context`` column where the points carry one (the decode
+    step after a prefill of s tokens runs at context s+1, as the theory counts it), else ``s``."""
+    return points["context"] if "context" in points.columns else points["s"]
+
+
 def fit_stage(points: pd.DataFrame, stage: str, target: str = "layers_time_s") -> Fit:
     """Fit ``stage``'s model to the rows of ``points`` with ``heldout == False``; score the others.
 
@@ -131,7 +137,7 @@ def fit_stage(points: pd.DataFrame, stage: str, target: str = "layers_time_s") -
     names = COEFFICIENTS[stage]
     if len(fit_rows) < 2:
         raise ValueError(f"{stage}: {len(fit_rows)} fit points; need at least 2")
-    X = features(stage, fit_rows["b"], fit_rows["s"], fit_rows["h"], fit_rows["h_ff"], fit_rows["n"], fit_rows["l"])
+    X = features(stage, fit_rows["b"], context(fit_rows), fit_rows["h"], fit_rows["h_ff"], fit_rows["n"], fit_rows["l"])
     y = fit_rows[target].to_numpy(dtype=float)
     scale = np.linalg.norm(X, axis=0)
     scale[scale == 0] = 1.0
@@ -174,6 +180,6 @@ def predictions(points: pd.DataFrame, coefficients: pd.DataFrame, target: str = 
             continue
         names = COEFFICIENTS[stage]
         coef = row.iloc[0][list(names)].to_numpy(dtype=float)
-        X = features(stage, group["b"], group["s"], group["h"], group["h_ff"], group["n"], group["l"])
+        X = features(stage, group["b"], context(group), group["h"], group["h_ff"], group["n"], group["l"])
         out.append(group.assign(predicted_s=X @ coef, measured_s=group[target]))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -232,6 +232,8 @@ def points_table(summary: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                     stage_time_s=("stage_time_s", "first"),
                     roles=("roles", "first")).reset_index()
     pts["heldout"] = pts["roles"] == "heldout"
+    # the decode step after a prefill of s tokens attends over s+1 positions (as theory_columns counts)
+    pts["context"] = pts["s"] + (pts["stage"] == "decode").astype(int)
     pts["h"] = int(m["hidden_size"])
     pts["h_ff"] = int(m["intermediate_size"])
     pts["n"] = int(m["num_heads"])

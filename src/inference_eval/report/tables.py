@@ -62,7 +62,8 @@ def throughput_figure(tables: dict[str, pd.DataFrame], title: str):
     frames = []
     for name, t in tables.items():
         t = t.copy()
-        t["dataset"] = name
+        synthetic = "synthetic" in t and t["synthetic"].astype(str).str.lower().eq("true").any()
+        t["dataset"] = f"{name} (synthetic)" if synthetic else name
         frames.append(t)
     data = pd.concat(frames, ignore_index=True)
     data["tok_s"] = pd.to_numeric(data["token_throughput_tok_s"], errors="coerce").where(data["status"] == "ok")

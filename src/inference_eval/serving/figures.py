@@ -47,7 +47,10 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                     for r in missing.itertuples()})
     if notes:
         fig.text(0.01, -0.02 - 0.02 * len(notes), "not plotted:\n" + "\n".join(notes), fontsize=8, va="bottom")
-    fig.suptitle(title or "serving: throughput and latency vs request rate")
+    title = title or "serving: throughput and latency vs request rate"
+    if "dataset_source" in frame and (frame["dataset_source"].astype(str) == "synthetic").any():
+        title += " (SYNTHETIC dataset: random token ids)"
+    fig.suptitle(title)
     fig.tight_layout()
     write_figure(out_path, fig)
     plt.close(fig)

@@ -150,12 +150,10 @@ class LlamaCppServer(ServerSpec):
         return LaunchCommand(argv, env, secret)
 
     def body(self, request, model_name, prompt_text=None):
-        # MII's server cannot pass ignore_eos and compares min_tokens with prompt + generated tokens,
-        # so min_tokens = n does not force n; a min far above max_tokens does, and then
-        # finish_reason "length" means exactly n ids (seen on the H100, docs/mii.md). Its usage field
-        # re-tokenizes text (and counts a BOS), so it is not used for the count.
+        # llama-cpp-python's min_tokens counts generated tokens only (MinTokensLogitsProcessor), so
+        # min_tokens = max_tokens masks EOS until the last one.
         n = request.max_tokens
-        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": MII_MIN_TOKENS,
+        return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
                 "temperature": 0.0, "stream": True}
 
 

@@ -122,8 +122,8 @@ def build_requests(rows: Sequence[Request], n: int, max_tokens_cap: int | None =
 def prompt_texts(requests: Sequence[Request], hf_dir: str | None) -> dict[str, str]:
     """Text prompts for servers that take only text: the row's own text, else its ids decoded with the
     model's tokenizer. (The server tokenizes this again; its count is recorded as server_prompt_tokens.)"""
-    texts = {r.id: r.prompt for r in requests if r.prompt}
-    missing = [r for r in requests if not r.prompt]
+    texts = {r.id: r.text for r in requests if r.text}
+    missing = [r for r in requests if not r.text]
     if missing:
         if not hf_dir:
             raise ValueError("requests have no prompt text and no tokenizer folder was given to decode their ids")

@@ -52,10 +52,16 @@ def op_table(shape: ModelShape, c: Ceilings, batch: int, seq: int, stages: Itera
 
     ``bound`` and ``roofline_time_s`` use the fused byte model; the ``*_unfused`` columns the other.
     """
+    import dataclasses
+
+    # The paper's counts assume n_kv = n: the same ops for the shape with every head its own K/V head
+    # (equal to ``flops`` for MHA models; for GQA models such as Mistral they differ in qkv and rope).
+    paper_shape = dataclasses.replace(shape, kv_heads=shape.heads)
     rows = []
     for stage in stages:
+        paper = {(p.level, p.op): p.flops for p in all_costs(paper_shape, batch, seq, stage, causal)}
         for cost in all_costs(shape, batch, seq, stage, causal):
-            rows.append(cost_row(cost, c))
+            rows.append({**cost_row(cost, c), "flops_paper": paper.get((cost.level, cost.op))})
     frame = pd.DataFrame(rows)
     frame["bound"] = frame[f"bound_{FUSED}"]
     frame["roofline_time_s"] = frame[f"roofline_time_{FUSED}_s"]
@@ -69,7 +75,7 @@ def op_table(shape: ModelShape, c: Ceilings, batch: int, seq: int, stages: Itera
     frame["bandwidth_gbs"] = c.bandwidth / 1e9
     frame["ridge_point"] = c.ridge_point
     frame["ceilings_source"] = c.source
-    first = ["model", "hardware", "stage", "level", "op", "formula", "flops", "bytes_fused", "bytes_unfused",
+    first = ["model", "hardware", "stage", "level", "op", "formula", "flops", "flops_paper", "bytes_fused", "bytes_unfused",
              "intensity_fused", "intensity_unfused", "bound", "roofline_time_s"]
     return frame[first + [col for col in frame.columns if col not in first]]
 
