@@ -119,3 +119,18 @@ def test_synthetic_rows_carry_no_prompt_text():
     with pytest.raises(ValueError, match="no tokenizer folder"):
         prompt_texts([real, synthetic], None)  # the synthetic one needs its ids decoded
     assert prompt_texts([real], None) == {"r": "what is 2+2?"}
+
+
+def test_job_params_never_show_secrets_to_snakemake(monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("INFERENCE_EVAL_HARDWARE", "cpu")
+    secret = "sk-test-DO-NOT-STORE-77"
+    p = PipelineConfig.from_snakemake({"overrides": f"scenario.api_key={secret}"})
+    job = p.job(dataset="s2s", library="vllm", scenario="serving")
+    # Snakemake stores repr(param) in .snakemake/metadata (persistence._serialize_param)
+    assert secret not in repr(job) and "<secret sha256:" in repr(job)
+    other = PipelineConfig.from_snakemake({"overrides": "scenario.api_key=another"})
+    assert repr(other.job(dataset="s2s", library="vllm", scenario="serving")) != repr(job)  # a new key reruns
+    copy = pickle.loads(pickle.dumps(job))  # what the job script gets
+    assert type(copy) is dict and copy["scenario"]["api_key"] == secret

@@ -91,8 +91,8 @@ case $step in
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   mii)
-    # MII's own packages first and vLLM's kit (/tmp/site) off the path: its fastapi beside the MII
-    # kit's typing_extensions 4.15 broke MII's OpenAI server at import ("cannot import name 'sentinel'").
+    # MII's own packages first and vLLM's kit (/tmp/site) off the path, so that MII's server runs on the
+    # packages its kit was checked with (docs/mii.md).
     { source .mii/mii-install.sh && setup_python && export TORCH_CUDA_ARCH_LIST=9.0 \
         PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
       # DeepSpeed JIT-builds its FastGen ops on a fresh machine (about 2.5 min): build them while the

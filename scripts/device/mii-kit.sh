@@ -30,10 +30,12 @@ pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-vers
   --platform manylinux_2_28_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
   --platform manylinux1_x86_64 --platform any -d "$work/whl" "$@"; }
+# typing-extensions is the image's own: the image's anyio imports typing_extensions.sentinel, which 4.15
+# lacks (MII's OpenAI server failed at its first request with 4.15 packed, H200, 2026-12-02).
 # Versions: MII 0.3.3 is the last release; pydantic/fastapi pinned to releases of MII's era that need
 # nothing beyond what the image has (fastapi >= 0.16x pulls in opentelemetry).
 for p in deepspeed-mii==0.3.3 deepspeed-kernels==0.0.1.dev1698255861 \
-  pydantic==2.11.7 pydantic-core==2.33.2 annotated-types==0.7.0 typing-inspection==0.4.1 typing-extensions==4.15.0 \
+  pydantic==2.11.7 pydantic-core==2.33.2 annotated-types==0.7.0 typing-inspection==0.4.1 \
   hjson==3.1.0 pyzmq==27.0.0 ujson==5.10.0 shortuuid==1.0.13 \
   fastapi==0.115.12 starlette==0.46.2 uvicorn==0.34.3 pydantic-settings==2.9.1 python-dotenv==1.1.0 \
   flask==3.1.1 flask-restful==0.3.10 aniso8601==10.0.1 pytz==2025.2 itsdangerous==2.2.0 blinker==1.9.0 \

@@ -193,6 +193,20 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class JobConfig(dict):
+    """One job's resolved config, as rules pass it in ``params``. Snakemake keeps ``repr`` of every
+    param in ``.snakemake/metadata`` to notice changes: here that repr shows secrets (``scenario.api_key``
+    and the like) only as digests. Pickled (the job script's copy) it is a plain dict, secrets included."""
+
+    def __repr__(self) -> str:
+        from inference_eval.report.provenance import redact_with_digest
+
+        return repr(redact_with_digest(dict(self)))
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
 @dataclass
 class PipelineConfig:
     """The root config plus the expanded matrix, as Snakemake's rules see it."""
@@ -251,5 +265,5 @@ class PipelineConfig:
             if "dataset_member" in chosen:  # a member name as it is (s2s-synthetic, l2s, ...)
                 chosen["dataset"] = chosen.pop("dataset_member")
             kept = [o for o in self.overrides if o.split("=", 1)[0] not in chosen]
-            self._cache[key] = compose(kept + [f"{g}={v}" for g, v in chosen.items()])
+            self._cache[key] = JobConfig(compose(kept + [f"{g}={v}" for g, v in chosen.items()]))
         return self._cache[key]

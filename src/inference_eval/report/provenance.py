@@ -90,6 +90,19 @@ def redact(obj: Any) -> Any:
     return obj
 
 
+def redact_with_digest(obj: Any) -> Any:
+    """Like ``redact``, but each secret becomes a digest of itself: a changed key still looks changed
+    (Snakemake reruns a job whose params changed) without the key being readable."""
+    import hashlib
+
+    if isinstance(obj, Mapping):
+        return {k: (f"<secret sha256:{hashlib.sha256(str(v).encode()).hexdigest()[:12]}>" if _is_secret(k) and v
+                    else redact_with_digest(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_with_digest(v) for v in obj]
+    return obj
+
+
 def provenance(cfg: Mapping[str, Any], started: str | None = None) -> dict[str, Any]:
     safe = redact(cfg)
     return {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
