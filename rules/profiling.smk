@@ -37,6 +37,16 @@ def module_files(hardware, variant):
     return [f"{base}_{stage}_{sweep}.csv" for stage in PROFILED_STAGES for sweep in profiling_sweep.SWEEPS]
 
 
+def profiled_or_failure(hardware, variant, path):
+    """A profile_modules output, or the SLURM failure record of the job that makes it (beside its first
+    output, the prefill seq table): the coefficients and figures then show that library's reason."""
+    return record_or_slurm_failure(path, module_files(hardware, variant)[0])
+
+
+def points_file(hardware, variant):
+    return profiled_or_failure(hardware, variant, f"{RESULTS}/{hardware}/modules/{variant}_points.csv")
+
+
 def module_targets(hardware):
     out = []
     for v in profiled_variants(hardware):
@@ -77,7 +87,7 @@ rule profile_modules:
 
 rule fit_coefficients:
     input:
-        points=lambda wc: [f"{RESULTS}/{wc.hardware}/modules/{v}_points.csv" for v in profiled_variants(wc.hardware)],
+        points=lambda wc: [points_file(wc.hardware, v) for v in profiled_variants(wc.hardware)],
     output:
         coefficients=RESULTS + "/{hardware}/coefficients.csv",
         predictions=RESULTS + "/{hardware}/modules/time_model_points.csv",
@@ -88,8 +98,9 @@ rule fit_coefficients:
 
 rule module_figures:
     input:
-        modules=lambda wc: sum((module_files(wc.hardware, v) for v in profiled_variants(wc.hardware)), []),
-        points=lambda wc: [f"{RESULTS}/{wc.hardware}/modules/{v}_points.csv" for v in profiled_variants(wc.hardware)],
+        modules=lambda wc: [profiled_or_failure(wc.hardware, v, p) for v in profiled_variants(wc.hardware)
+                            for p in module_files(wc.hardware, v)],
+        points=lambda wc: [points_file(wc.hardware, v) for v in profiled_variants(wc.hardware)],
         coefficients=RESULTS + "/{hardware}/coefficients.csv",
     output:
         shares=RESULTS + "/{hardware}/figures/module_shares.png",

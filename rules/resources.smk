@@ -71,11 +71,12 @@ CPU_LOCALRULES = [
 from inference_eval import slurm_failures
 
 
-def record_or_slurm_failure(path):
-    """The record at ``path``, or its SLURM failure record while the record is missing."""
+def record_or_slurm_failure(path, first_output=None):
+    """The output at ``path``, or the SLURM failure record of the job that makes it while the output is
+    missing (beside that job's first output: ``first_output``, default ``path``)."""
     if PIPELINE.root.get("slurm_retry_killed", False):
         return path
-    return slurm_failures.record_or_failure(path)
+    return slurm_failures.stand_in(path, first_output)
 
 
 onerror:

@@ -50,7 +50,8 @@ rule serving_sweep:
 
 rule serving_figure:
     input:
-        sweeps=lambda wc: [serving_csv(wc.hardware, lib, m, wc.dataset)
+        # a sweep SLURM killed is its failure record (rules/resources.smk), named under the plot
+        sweeps=lambda wc: [record_or_slurm_failure(serving_csv(wc.hardware, lib, m, wc.dataset))
                            for lib in PIPELINE.libraries for m in PIPELINE.models],
     output:
         f"{RESULTS}/{{hardware}}/figures/serving_{{dataset}}.png",

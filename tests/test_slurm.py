@@ -344,3 +344,30 @@ def test_pipeline_on_slurm_equals_local_run_and_kills_become_rows(local_slurm, t
     row = _table(slurm_dir / table)[0]
     assert (row["library"], row["model"], row["status"]) == ("transformers", "tiny-llama", "oom"), row
     assert "exceeded its memory limit" in row["reason"] and "SLURM job" in row["reason"], row
+
+
+def test_a_killed_serving_or_profiling_job_is_its_row(tmp_path):
+    import pandas as pd
+
+    from inference_eval.profiling.workflow import fit_coefficients
+    from inference_eval.serving.figures import load_sweeps
+
+    csv = tmp_path / "cpu/serving/vllm_tiny-llama_s2s.csv"
+    failure = slurm_failures.failure_path(csv)
+    failure.parent.mkdir(parents=True)
+    failure.write_text(json.dumps({"kind": "slurm_failure", "hardware": "cpu", "library": "vllm", "model": "tiny-llama",
+                                   "dataset": "s2s", "status": "timeout", "reason": "SLURM job 9: TIME LIMIT"}))
+    assert slurm_failures.stand_in(csv) == str(failure)
+    frame = load_sweeps([slurm_failures.stand_in(csv)])
+    assert frame[["library", "status", "reason"]].values.tolist() == [["vllm", "timeout", "SLURM job 9: TIME LIMIT"]]
+    # a profiling job's record lies beside its first output; every output it would make maps to it
+    first = tmp_path / "cpu/modules/vllm_prefill_seq.csv"
+    points = tmp_path / "cpu/modules/vllm_points.csv"
+    pfail = slurm_failures.failure_path(first)
+    pfail.parent.mkdir(parents=True)
+    pfail.write_text(json.dumps({"kind": "slurm_failure", "hardware": "cpu", "variant": "vllm", "status": "oom",
+                                 "reason": "SLURM job 10: memory limit"}))
+    assert slurm_failures.stand_in(points, first) == str(pfail)
+    table = fit_coefficients([slurm_failures.stand_in(points, first)], str(tmp_path / "coefficients.csv"))
+    assert set(table["stage"]) == {"prefill", "decode"} and (table["status"] == "oom").all()
+    assert (table["library"] == "vllm").all() and pd.read_csv(tmp_path / "coefficients.csv").shape[0] == 2

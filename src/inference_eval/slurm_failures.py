@@ -150,10 +150,29 @@ def failure_path(output: str | Path) -> Path:
 
 def record_or_failure(path: str | Path) -> str:
     """``path`` if it exists or no failure record stands for it, else the failure record's path."""
-    failure = failure_path(path)
+    return stand_in(path)
+
+
+def stand_in(path: str | Path, first_output: str | Path | None = None) -> str:
+    """``path`` if it exists, else the failure record of the job that makes it (the record lies beside
+    that job's first output, ``first_output``, which defaults to ``path``), else ``path``."""
+    failure = failure_path(first_output or path)
     if not Path(path).exists() and failure.exists():
         return str(failure)
     return str(path)
+
+
+def read_table(path: str | Path):
+    """A CSV output as a DataFrame, or, for a failure record standing in for it, its one row: the job's
+    wildcards (``library`` from ``variant`` for profiling jobs), ``status`` and ``reason``."""
+    import pandas as pd
+
+    if not str(path).endswith(SUFFIX):
+        return pd.read_csv(path)
+    rec = json.loads(Path(path).read_text())
+    row = {k: v for k, v in rec.items() if isinstance(v, (str, int, float)) and k != "kind"}
+    row.setdefault("library", rec.get("variant", ""))
+    return pd.DataFrame([row])
 
 
 def failure_record(job: FailedJob, status: str, reason: str, state: str | None) -> dict:

@@ -136,9 +136,11 @@ def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str 
     """Fit every library's time models; libraries without points get a row with their status."""
     from inference_eval.profiling import regression
 
+    from inference_eval.slurm_failures import read_table
+
     frames, rows = [], []
     for p in points_paths:
-        frame = pd.read_csv(p)
+        frame = read_table(p)  # a SLURM failure record in place of a points table: that library's reason
         if "status" in frame and (frame["status"] != "ok").all():
             for stage in STAGES:
                 rows.append({"library": frame["library"].iloc[0], "stage": stage, "status": frame["status"].iloc[0],
@@ -160,10 +162,12 @@ def write_figures(module_csvs: list[str], coefficients_csv: str, points_paths: l
                   fit_png: str) -> None:
     from inference_eval.profiling import figures, regression
 
-    modules = pd.concat([pd.read_csv(p) for p in module_csvs], ignore_index=True)
+    from inference_eval.slurm_failures import read_table
+
+    modules = pd.concat([read_table(p) for p in module_csvs], ignore_index=True)
     write_figure(shares_png, figures.shares_figure(modules))
     coef = pd.read_csv(coefficients_csv)
-    frames = [pd.read_csv(p) for p in points_paths]
+    frames = [read_table(p) for p in points_paths]
     frames = [f for f in frames if "status" not in f or (f["status"] == "ok").any()]
     points = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     ok = coef[coef.get("status", "ok") == "ok"] if "status" in coef else coef

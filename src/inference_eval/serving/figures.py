@@ -21,7 +21,10 @@ PANELS = (
 
 
 def load_sweeps(paths: Sequence[str | Path]) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in paths]
+    """Sweep CSVs; a SLURM failure record in place of one becomes its row (status, reason)."""
+    from inference_eval.slurm_failures import read_table
+
+    frames = [read_table(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
