@@ -127,3 +127,20 @@ def test_llamacpp_request_masks_eos_until_max_tokens():
     body = LlamaCppServer().body(Request("r", (5, 6), 16), "model", "some text")
     # llama-cpp-python counts min_tokens over generated tokens only: min = max forces the length
     assert body["max_tokens"] == 16 and body["min_tokens"] == 16 and body["prompt"] == "some text"
+
+
+def test_trtllm_serve_is_launched_from_where_it_was_found(tmp_path, monkeypatch):
+    import sys as _sys
+
+    from inference_eval.backends.base import ModelFiles
+    from inference_eval.config import compose
+
+    exe = tmp_path / "bin" / "python"
+    exe.parent.mkdir()
+    (exe.parent / "trtllm-serve").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(_sys, "executable", str(exe))
+    cfg = compose(["library=trtllm", "scenario=serving"])
+    spec = TrtLlmServer()
+    assert spec.unavailable_reason() is None
+    argv = spec.command(cfg, ModelFiles(hf_dir="/m/hf"), "127.0.0.1", 8000, None).argv
+    assert argv[0] == str(exe.parent / "trtllm-serve")

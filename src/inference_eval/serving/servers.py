@@ -244,7 +244,8 @@ class TrtLlmServer(ServerSpec):
         lib = cfg["library"]
         engine = _trtllm_engine_dir(files.engine_record)
         model = engine or str(files.weights_dir or files.hf_dir)
-        argv = ["trtllm-serve", model, "--host", host, "--port", str(port),
+        beside = Path(sys.executable).with_name("trtllm-serve")  # where unavailable_reason also looks
+        argv = [str(beside) if beside.exists() else "trtllm-serve", model, "--host", host, "--port", str(port),
                 "--max_batch_size", str(lib.get("max_batch_size") or 256),
                 "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
         if engine:
