@@ -108,7 +108,7 @@ def default_members() -> dict[str, str]:
 
     out = {}
     for entry in OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", []):
-        if isinstance(entry, Mapping) or hasattr(entry, "items"):
+        if hasattr(entry, "items"):  # `- group: member` entries (a plain `_self_` has none)
             out.update({str(k): str(v) for k, v in entry.items()})
     return out
 

@@ -18,6 +18,7 @@ from inference_eval.io import write_csv, write_figure, write_json
 from inference_eval.opnames import STAGES
 from inference_eval.profiling import sweep as sw
 from inference_eval.profiling.runners import VARIANTS, ProfilingUnavailable
+from inference_eval.slurm_failures import read_table
 
 # What the time model is fitted to: the stage's decoder-layer time (all l layers summed; per-op
 # medians over repeats), see sweep.points_table.
@@ -136,8 +137,6 @@ def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str 
     """Fit every library's time models; libraries without points get a row with their status."""
     from inference_eval.profiling import regression
 
-    from inference_eval.slurm_failures import read_table
-
     frames, rows = [], []
     for p in points_paths:
         frame = read_table(p)  # a SLURM failure record in place of a points table: that library's reason
@@ -161,8 +160,6 @@ def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str 
 def write_figures(module_csvs: list[str], coefficients_csv: str, points_paths: list[str], shares_png: str,
                   fit_png: str) -> None:
     from inference_eval.profiling import figures, regression
-
-    from inference_eval.slurm_failures import read_table
 
     modules = pd.concat([read_table(p) for p in module_csvs], ignore_index=True)
     write_figure(shares_png, figures.shares_figure(modules))
