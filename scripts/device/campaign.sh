@@ -3,8 +3,10 @@
 #   HW=h200 bash scripts/device/campaign.sh STEP [BUDGET_S]
 # HW is the hardware key whose results the step makes (h100, h200; default: detected by the package).
 # Steps, each one device call, back to back on one warm machine (results/<hw>/README.md says what ran):
-#   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vllm2 (carry .vk2)
-#   batch (carry .vk3 .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp) | mii (carry .mii)
+#   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vk1 (the same, no ceilings) | vllm2 (carry .vk2)
+#   batch (carry .vk3 .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
+#   weights (Llama-2-7B's random safetensors, for MII; can run in the background beside another step)
+#   mii (carry .mii: batch) | miiserve (serving, after mii on the same machine)
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
@@ -54,14 +56,27 @@ limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;
 # request at a time, so it gets fewer requests at lower rates.
 SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10"
 LCP_SERVE="scenario.num_requests=60 scenario.rates=[0.5,2.0] scenario.drop_first=5 scenario.drop_last=5"
-FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]]"
+FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]] profiling.ncu.timeout_s=240"
 
 case $step in
   vllm1)
     { mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk
       nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
       python3 scripts/device/ceilings.py "$OUT/ceilings.json"; } 2>&1 | tee "$log" ;;
+  vk1) mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk ;;
   vllm2) cp .vk2/* /root/vk/ && ls -la /root/vk ;;
+  weights)
+    { touch "$CAMPAIGN/weights.running"; setup_python && sm "" $RESULTS/models/llama2-7b/weights/model.safetensors
+      rm -f "$CAMPAIGN/weights.running"; } 2>&1 | tee "$log" ;;
+  weights-bg)
+    # The weights step in the background, from a copy of the checkout: the next call re-sends the tree,
+    # and the CPU-bound writer does not disturb the GPU work that runs meanwhile. `mii` waits for it.
+    setup_python || exit 1
+    rm -rf /root/bgtree && cp -r "$PWD" /root/bgtree && rm -rf /root/bgtree/{.data,.tokcache,.vk1,.vk2,.vk3,.mii,.lcp}
+    touch "$CAMPAIGN/weights.running"
+    (cd /root/bgtree && OUT=$CAMPAIGN/bgout setsid nohup bash scripts/device/campaign.sh weights 900 \
+       > "$CAMPAIGN/weights-bg.log" 2>&1 < /dev/null &)
+    echo "weights: started in the background (log $CAMPAIGN/weights-bg.log)" ;;
   batch)
     { source .vk3/vk-install.sh && setup_python && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
       for d in s2s l2s; do
@@ -96,13 +111,17 @@ case $step in
     { source .mii/mii-install.sh && setup_python && export TORCH_CUDA_ARCH_LIST=9.0 \
         PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
       # DeepSpeed JIT-builds its FastGen ops on a fresh machine (about 2.5 min): build them while the
-      # weights are written, so the timed runs find them ready.
+      # weights are written (unless the weights step wrote them already), so the timed runs find them ready.
       python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs" & jit=$!
-      sm "dataset.limit=$(limit s2s)" $RESULTS/models/llama2-7b/weights/model.safetensors
+      for _ in $(seq 120); do [ -f "$CAMPAIGN/weights.running" ] || break; sleep 5; done; cat "$CAMPAIGN/weights-bg.log" 2>/dev/null
+      sm "" $RESULTS/models/llama2-7b/weights/model.safetensors
       wait $jit
-      for d in s2s l2s; do sm "dataset.limit=$(limit $d)" $REAL/batch/mii/llama2-7b/$d.json; done
+      for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/mii/llama2-7b/$d.json; done
+    } 2>&1 | tee "$log" ;;
+  miiserve)
+    { [ -d /tmp/miisite/mii ] || { echo "run the mii step first on this machine"; exit 3; }
+      setup_python && export TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
-      sm "dataset.limit=$(limit s2l)" $REAL/batch/mii/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

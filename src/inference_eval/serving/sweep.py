@@ -22,7 +22,7 @@ import pandas as pd
 from inference_eval.backends.base import ModelFiles
 from inference_eval.io import write_csv, write_json
 from inference_eval.report.provenance import provenance, utc_now
-from inference_eval.requests import Request, completion_to_row, load_requests
+from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server, terminate_on_sigterm
 from inference_eval.serving.metrics import rate_metrics
@@ -97,7 +97,7 @@ class ServingSettings:
                    health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
                    port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
                    seed=int(cfg.get("seed") or 0),
-                   max_tokens_cap=int(scale["max_tokens_cap"]) if scale.get("max_tokens_cap") else None)
+                   max_tokens_cap=run_limits(cfg)[1])
 
     def public(self) -> dict:
         d = dict(self.__dict__)
@@ -107,7 +107,8 @@ class ServingSettings:
 
 def build_requests(rows: Sequence[Request], n: int, max_tokens_cap: int | None = None) -> list[Request]:
     """``n`` requests in dataset order, cycling the rows when the dataset is shorter than ``n``
-    (ids get a ``#k`` suffix on later passes); ``max_tokens`` capped by the hardware profile's scale."""
+    (ids get a ``#k`` suffix on later passes); ``max_tokens`` capped by ``dataset.max_tokens_cap``, as in
+    batch runs."""
     if not rows:
         raise ValueError("no dataset rows to build requests from")
     out = []
