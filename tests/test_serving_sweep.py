@@ -98,6 +98,20 @@ def test_missing_library_is_one_row_with_reason(tmp_path, spec_cls, library):
     assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "not_installed"
 
 
+def test_warm_up_into_a_stream_that_never_ends_fails_fast_with_the_server_log(tmp_path):
+    import time
+
+    cfg = _cfg("scenario.rates=[20.0]", "scenario.num_requests=6", "scenario.drop_first=0", "scenario.drop_last=0",
+               "scenario.warmup_timeout_s=2")
+    t0 = time.perf_counter()
+    frame = run_sweep(cfg, _rows(tmp_path / "rows.jsonl"), ModelFiles(), tmp_path / "o.csv", tmp_path / "run",
+                      spec=LoopbackServer(("--stall-stream-every", "1")), dataset="s2s")
+    assert time.perf_counter() - t0 < 60  # not scenario.request_timeout_s (600 s)
+    assert frame["status"].tolist() == ["failed"]
+    reason = frame.loc[0, "reason"]
+    assert "warm-up request failed" in reason and "stalls inside its stream" in reason
+
+
 def test_loadgen_cli_against_running_server(tmp_path):
     from inference_eval.cli import main
 
@@ -118,6 +132,8 @@ def test_mii_request_forces_length_through_finish_reason():
     body = server.body(Request("r", (5, 6), 16), "model", "some text")
     assert body["max_tokens"] == 16 and body["min_tokens"] > 16  # min vs prompt+generated in MII
     assert server.length_from_finish_reason and server.prompt_as_text
+    # MII's server samples always and rejects temperature 0 (its config wants > 0)
+    assert body["temperature"] is None and body["top_p"] == 1.0
 
 
 def test_llamacpp_request_masks_eos_until_max_tokens():

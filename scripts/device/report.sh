@@ -32,7 +32,9 @@ for d in s2s l2s; do
   served=$(ls results/$hw/serving/*_llama2-7b_$d.csv 2>/dev/null | sed "s#.*/##; s#_llama2-7b_$d.csv##" | paste -sd, -)
   [ -z "$served" ] || sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$served]" "results/$hw/figures/serving_$d.png"
 done
-if [ -f "results/$hw/coefficients.csv" ]; then
-  sm llama2-7b "profiling.libraries=[transformers-eager,vllm]" "results/$hw/figures/module_shares.png" \
+# The fitted time model and the module figures over the libraries the campaign profiled (a modules record each).
+profiled=$(ls results/$hw/modules/*.json 2>/dev/null | sed 's#.*/##; s#\.json$##' | paste -sd, -)
+if [ -n "$profiled" ]; then
+  sm llama2-7b "profiling.libraries=[$profiled]" "results/$hw/coefficients.csv" "results/$hw/figures/module_shares.png" \
     "results/$hw/figures/time_model_fit.png"
 fi

@@ -65,6 +65,10 @@ def make_app(args: argparse.Namespace) -> web.Application:
             await asyncio.sleep(3600)  # no byte at all: the client's timeout must end it
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        if _picked(args.stall_stream_every, n):
+            # the stream is open and never ends, as when MII's server failed inside a streamed request
+            print(f"loopback server: injected error: request {n} stalls inside its stream", flush=True)
+            await asyncio.sleep(3600)
         n_tokens = max_tokens
         if _picked(args.short_every, n):
             n_tokens = max(0, max_tokens // 2)
@@ -102,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fail-every", type=int, default=0, help="answer every K-th request with --fail-status")
     p.add_argument("--fail-status", type=int, default=500)
     p.add_argument("--stall-every", type=int, default=0, help="every K-th request: send nothing, ever")
+    p.add_argument("--stall-stream-every", type=int, default=0,
+                   help="every K-th request: open the stream, then send nothing, ever")
     p.add_argument("--malformed-every", type=int, default=0, help="every K-th request: broken SSE data")
     p.add_argument("--short-every", type=int, default=0, help="every K-th request: half the tokens")
     p.add_argument("--never-healthy", action="store_true", help="/health answers 503 forever")

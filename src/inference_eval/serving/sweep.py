@@ -54,6 +54,7 @@ class ServingSettings:
     drop_first: int
     drop_last: int
     request_timeout_s: float
+    warmup_timeout_s: float
     health_timeout_s: float
     host: str
     port: int | None
@@ -94,6 +95,7 @@ class ServingSettings:
                    max_concurrency=int(sc["max_concurrency"]) if sc.get("max_concurrency") else None,
                    drop_first=drop_first, drop_last=drop_last,
                    request_timeout_s=float(sc.get("request_timeout_s") or 600),
+                   warmup_timeout_s=float(sc.get("warmup_timeout_s") or 300),
                    health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
                    port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
                    seed=int(cfg.get("seed") or 0),
@@ -230,7 +232,8 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             load = LoadSettings(url=server.base_url + spec.completions_path,
                                 request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
                                 api_key=settings.api_key, length_from_finish_reason=spec.length_from_finish_reason)
-            _warm_up(requests[0], lambda probe: spec.body(probe, model_name, texts.get(requests[0].id)), load)
+            _warm_up(requests[0], lambda probe: spec.body(probe, model_name, texts.get(requests[0].id)), load,
+                     settings.warmup_timeout_s, server)
             for rate in settings.rates:
                 rows.append(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident))
         except ServerError as exc:
@@ -248,15 +251,19 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     return finish(overall, reasons)
 
 
-def _warm_up(first: Request, body_for, load: LoadSettings) -> None:
-    """One short request before measuring: loads lazily-loaded models, fails fast on a broken server."""
+def _warm_up(first: Request, body_for, load: LoadSettings, timeout_s: float, server: ServerProcess) -> None:
+    """One short request before measuring: loads lazily-loaded models, fails fast on a broken server
+    (one that errs inside a stream it never closes, as MII's did, is given ``timeout_s``, not the
+    measured requests' timeout). The failure names the end of the server's log, where the cause is."""
     probe = Request(id="warmup", prompt_token_ids=first.prompt_token_ids,
                     max_tokens=min(WARMUP_TOKENS, first.max_tokens), prompt=first.prompt)
-    warm_load = LoadSettings(url=load.url, request_timeout_s=load.request_timeout_s, api_key=load.api_key,
-                             progress=False, length_from_finish_reason=load.length_from_finish_reason)
+    warm_load = LoadSettings(url=load.url, request_timeout_s=min(load.request_timeout_s, timeout_s),
+                             api_key=load.api_key, progress=False,
+                             length_from_finish_reason=load.length_from_finish_reason)
     (c,) = run_load([probe], make_schedule(1, math.inf), body_for, warm_load)
     if not c.ok:
-        raise ServerError(f"warm-up request failed: {c.error or 'wrong length'}")
+        tail = " | ".join(line.strip() for line in server.log_tail(600).splitlines() if line.strip())
+        raise ServerError(f"warm-up request failed: {c.error or 'wrong length'}; server log ends: {tail[-400:]}")
 
 
 def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: ServingSettings,
