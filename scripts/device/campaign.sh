@@ -5,11 +5,14 @@
 # Steps, each one device call, back to back on one warm machine (results/<hw>/README.md says what ran):
 #   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vk1 (the same, no ceilings) | vllm2 (carry .vk2)
 #   batch (carry .vk3 .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
-#   weights (Llama-2-7B's random safetensors, for MII; can run in the background beside another step)
+#   weights (Llama-2-7B's random safetensors, for MII: about 165 s on the CPU)
 #   mii (carry .mii: batch) | miiserve (serving, after mii on the same machine)
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
+# A warm machine goes back after 30 s idle: send the next call at once (session 2 lost one twice that way,
+# and with it the vLLM kit's parts). Steps chain in one call: `bash campaign.sh vk1 && bash campaign.sh fine`.
+# On a fresh machine, a step whose DAG has prepare_model (fine2, batch, serve, llamacpp) needs .tokcache.
 # What a step installs (/tmp/site, /tmp/pksite, /tmp/lcpsite, /tmp/miisite) and the sources and
 # results (/root/campaign) stay on the warm machine, so later steps carry only their own kit.
 # Results live outside the checkout (/root/campaign/results): each call re-sends the working tree,
@@ -66,17 +69,7 @@ case $step in
   vk1) mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk ;;
   vllm2) cp .vk2/* /root/vk/ && ls -la /root/vk ;;
   weights)
-    { touch "$CAMPAIGN/weights.running"; setup_python && sm "" $RESULTS/models/llama2-7b/weights/model.safetensors
-      rm -f "$CAMPAIGN/weights.running"; } 2>&1 | tee "$log" ;;
-  weights-bg)
-    # The weights step in the background, from a copy of the checkout: the next call re-sends the tree,
-    # and the CPU-bound writer does not disturb the GPU work that runs meanwhile. `mii` waits for it.
-    setup_python || exit 1
-    rm -rf /root/bgtree && cp -r "$PWD" /root/bgtree && rm -rf /root/bgtree/{.data,.tokcache,.vk1,.vk2,.vk3,.mii,.lcp}
-    touch "$CAMPAIGN/weights.running"
-    (cd /root/bgtree && OUT=$CAMPAIGN/bgout setsid nohup bash scripts/device/campaign.sh weights 900 \
-       > "$CAMPAIGN/weights-bg.log" 2>&1 < /dev/null &)
-    echo "weights: started in the background (log $CAMPAIGN/weights-bg.log)" ;;
+    { setup_python && sm "" $RESULTS/models/llama2-7b/weights/model.safetensors; } 2>&1 | tee "$log" ;;
   batch)
     { source .vk3/vk-install.sh && setup_python && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
       for d in s2s l2s; do
@@ -113,7 +106,6 @@ case $step in
       # DeepSpeed JIT-builds its FastGen ops on a fresh machine (about 2.5 min): build them while the
       # weights are written (unless the weights step wrote them already), so the timed runs find them ready.
       python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs" & jit=$!
-      for _ in $(seq 120); do [ -f "$CAMPAIGN/weights.running" ] || break; sleep 5; done; cat "$CAMPAIGN/weights-bg.log" 2>/dev/null
       sm "" $RESULTS/models/llama2-7b/weights/model.safetensors
       wait $jit
       for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/mii/llama2-7b/$d.json; done

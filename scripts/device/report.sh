@@ -8,11 +8,30 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 hw=${1:?hardware key}; shift
 for tgz in "$@"; do tar xzf "$tgz" -C .; done
+# The datasets and model configs came from the GPU machine with its clock's times, often newer than records
+# made there earlier; they are what those records were made from, so they are dated back: only newer
+# records then make tables and figures again.
+find results/datasets results/models -type f \( -path 'results/datasets/*' -o -path 'results/models/*/hf/*' \) \
+  -exec touch -d '2000-01-01 00:00' {} + 2>/dev/null || true
 limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
+# Rules that only read records (tables, bounds, theory, figures, the fit). Anything else planned here would
+# be a GPU run on this machine: Snakemake would start it, see the wrong hardware, and delete that job's
+# committed outputs as those of a failed job. So each call is dry-run first and stops if it plans more.
+REPORT_RULES="dataset_table dataset_bound theory_ops theory_roofline throughput_figure serving_figure fit_coefficients module_figures"
 sm() {
   local model=$1 ov=$2; shift 2
-  .venv/bin/snakemake --cores 2 --keep-going --rerun-triggers mtime --config model="$model" hardware="$hw" \
-    overrides="matrix.dataset_variant=real $ov" -- "$@"
+  local args=(--cores 2 --keep-going --rerun-triggers mtime --config model="$model" hardware="$hw"
+              overrides="matrix.dataset_variant=real $ov")
+  local planned
+  planned=$(.venv/bin/snakemake "${args[@]}" -n --quiet rules -- "$@" 2>&1 | awk 'f && NF==2 && $2 ~ /^[0-9]+$/ {print $1} /^job +count/ {f=1}') || true
+  for rule in $planned; do
+    case " $REPORT_RULES total " in *" $rule "*) ;; *)
+      echo "report.sh: $* would run rule '$rule' here (inputs newer than the records?); stopping before it deletes them." >&2
+      echo "  Make the unpacked results older than the records (touch -d), or run that rule on its hardware." >&2
+      return 1 ;;
+    esac
+  done
+  .venv/bin/snakemake "${args[@]}" -- "$@"
 }
 # The libraries with a run record (ok or failed) for a model and dataset: a library the campaign did not
 # reach has no record and is left out of that table (results/<hw>/README.md says which, and why).
