@@ -188,6 +188,28 @@ def test_stream_writer_rejects_wrong_sizes(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()  # atomic: nothing half-written left behind
 
 
+def test_stream_writer_threads_give_the_same_file_in_order(tmp_path):
+    from inference_eval.models.weights import write_safetensors_stream
+
+    tensors = [(f"t{i}", (i + 1,), "F32") for i in range(9)]
+
+    def produce(i, name, shape):
+        return np.arange(shape[0], dtype="<f4").tobytes() if i % 2 else np.full(shape, i, dtype="<f4").tobytes()
+
+    one = write_safetensors_stream(tmp_path / "one.safetensors", tensors, produce, threads=1).read_bytes()
+    four = write_safetensors_stream(tmp_path / "four.safetensors", tensors, produce, threads=4).read_bytes()
+    assert one == four
+
+    def failing(i, name, shape):
+        if i == 5:
+            raise ValueError("tensor 5 cannot be made")
+        return produce(i, name, shape)
+
+    with pytest.raises(ValueError, match="tensor 5"):
+        write_safetensors_stream(tmp_path / "bad.safetensors", tensors, failing, threads=4)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_safetensors_header_is_aligned(tmp_path):
     from inference_eval.models.weights import write_safetensors_stream
 

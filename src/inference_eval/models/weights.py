@@ -3,15 +3,20 @@
 The safetensors layout is a little-endian u64 header length, a JSON header naming each tensor's
 dtype, shape and byte range, then the raw bytes. Because every shape is known up front, the header
 is written first and each tensor is generated, written and dropped in turn: a 7B model needs the
-memory of its largest tensor, not twice the model. The same writer merges a sharded real checkpoint
+memory of a few of its largest tensors, not twice the model. Tensors are produced by a few threads
+ahead of the writer (numpy fills them without the GIL, each from its own seeded stream, so the file
+is the same for any number of threads). The same writer merges a sharded real checkpoint
 (``model.checkpoint``) into one file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +29,8 @@ from inference_eval.models.spec import ModelSpec
 
 INIT_STD = 0.02  # the HF initializer_range: keeps activations and logits numerically sane
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# Threads producing tensors ahead of the writer; each holds at most one tensor (and its conversion) at a time.
+MAX_PRODUCERS = 8
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
           "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -84,10 +91,17 @@ def float32_to_bfloat16_bits(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits.view("<u2")[..., 1::2])  # the high half of each little-endian word
 
 
+def producer_threads() -> int:
+    return max(1, min(MAX_PRODUCERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
 def write_safetensors_stream(path: str | Path, tensors: list[tuple[str, tuple[int, ...], str]],
                              produce: Callable[[int, str, tuple[int, ...]], bytes],
-                             metadata: dict[str, str] | None = None, desc: str = "tensors") -> Path:
-    """Write a safetensors file whose tensors (``name, shape, st_dtype``) come one at a time from ``produce``."""
+                             metadata: dict[str, str] | None = None, desc: str = "tensors",
+                             threads: int = 1) -> Path:
+    """Write a safetensors file whose tensors (``name, shape, st_dtype``) come from ``produce``, in order;
+    with ``threads`` > 1, that many tensors are produced ahead of the one being written."""
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     for name, shape, st_dtype in tensors:
@@ -100,12 +114,28 @@ def write_safetensors_stream(path: str | Path, tensors: list[tuple[str, tuple[in
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
-        for index, (name, shape, st_dtype) in enumerate(tqdm(tensors, desc=desc, unit="tensor", leave=False)):
-            data = produce(index, name, shape)
-            expected = header[name]["data_offsets"]  # type: ignore[index]
-            if len(data) != expected[1] - expected[0]:
-                raise RuntimeError(f"{path}: tensor {name} has {len(data)} bytes, expected {expected[1] - expected[0]}")
-            fh.write(data)
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="tensor") as pool:
+            pending: deque = deque()
+            upcoming = iter(enumerate(tensors))
+
+            def submit_next() -> None:
+                item = next(upcoming, None)
+                if item is not None:
+                    index, (name, shape, _) = item
+                    pending.append((name, pool.submit(produce, index, name, shape)))
+
+            for _ in range(max(1, threads)):
+                submit_next()
+            for _ in tqdm(range(len(tensors)), desc=desc, unit="tensor", leave=False):
+                name, future = pending.popleft()
+                data = future.result()
+                submit_next()
+                expected = header[name]["data_offsets"]  # type: ignore[index]
+                if len(data) != expected[1] - expected[0]:
+                    raise RuntimeError(f"{path}: tensor {name} has {len(data)} bytes, "
+                                       f"expected {expected[1] - expected[0]}")
+                fh.write(data)
+                del data
         fh.flush()
     return path
 
@@ -128,7 +158,8 @@ def write_random_weights(spec: ModelSpec, out_dir: str | Path, seed: int) -> Pat
 
     meta = {"format": "pt", "random_weights": "true", "seed": str(seed), "init_std": str(INIT_STD),
             "model": spec.name}
-    return write_safetensors_stream(out / "model.safetensors", tensors, produce, meta, desc=f"{spec.name} weights")
+    return write_safetensors_stream(out / "model.safetensors", tensors, produce, meta, desc=f"{spec.name} weights",
+                                    threads=producer_threads())
 
 
 def merge_checkpoint(spec: ModelSpec, path: Path) -> Path:
