@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from inference_eval.io import atomic_path
 from inference_eval.models.spec import RMS_NORM_EPS, ModelSpec
-from inference_eval.models.weights import float32_to_bfloat16_bits, random_tensor, tensor_rng
+from inference_eval.models.weights import (float32_to_bfloat16_bits, produced_in_order, producer_threads,
+                                          random_tensor, tensor_rng)
 
 GGUF_DTYPES = ("f32", "f16", "bf16")
 TOKENIZER_PREFIX = "tokenizer.ggml."
@@ -163,12 +164,15 @@ def write_random_gguf(spec: ModelSpec, path: str | Path, dtype: str, seed: int, 
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for index, t in enumerate(tqdm(tensors, desc=f"{spec.name} {dtype}.gguf", unit="tensor", leave=False)):
+            def produce(index: int, t) -> np.ndarray:
                 values = random_tensor(t.name, t.shape, tensor_rng(seed, index))
                 np_dtype, _ = _storage(dtype, t.is_norm)
-                data = float32_to_bfloat16_bits(values) if np_dtype == np.dtype("<u2") else values.astype(np_dtype)
+                return float32_to_bfloat16_bits(values) if np_dtype == np.dtype("<u2") else values.astype(np_dtype)
+
+            made = produced_in_order(list(enumerate(tensors)), produce, producer_threads())
+            for data in tqdm(made, total=len(tensors), desc=f"{spec.name} {dtype}.gguf", unit="tensor", leave=False):
                 writer.write_tensor_data(data)
-                del values, data
+                del data
         finally:
             writer.close()
     return path

@@ -11,6 +11,7 @@ is the same for any number of threads). The same writer merges a sharded real ch
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -29,8 +30,9 @@ from inference_eval.models.spec import ModelSpec
 
 INIT_STD = 0.02  # the HF initializer_range: keeps activations and logits numerically sane
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-# Threads producing tensors ahead of the writer; each holds at most one tensor (and its conversion) at a time.
-MAX_PRODUCERS = 8
+# Threads producing tensors ahead of the writer, each holding one tensor and its conversion at a time
+# (for a 7B model, about 2 GB at most).
+MAX_PRODUCERS = 4
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
           "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -96,6 +98,22 @@ def producer_threads() -> int:
                       else (os.cpu_count() or 1)))
 
 
+def produced_in_order(calls: list[tuple], produce: Callable, threads: int = 1) -> Iterator:
+    """``produce(*call)`` for each call, yielded in order, with up to ``threads`` of them made ahead."""
+    threads = max(1, int(threads))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tensor") as pool:
+        pending: deque = deque()
+        upcoming = iter(calls)
+        for call in itertools.islice(upcoming, threads):
+            pending.append(pool.submit(produce, *call))
+        while pending:
+            result = pending.popleft().result()
+            for call in itertools.islice(upcoming, 1):
+                pending.append(pool.submit(produce, *call))
+            yield result
+            del result
+
+
 def write_safetensors_stream(path: str | Path, tensors: list[tuple[str, tuple[int, ...], str]],
                              produce: Callable[[int, str, tuple[int, ...]], bytes],
                              metadata: dict[str, str] | None = None, desc: str = "tensors",
@@ -114,28 +132,13 @@ def write_safetensors_stream(path: str | Path, tensors: list[tuple[str, tuple[in
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
-        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="tensor") as pool:
-            pending: deque = deque()
-            upcoming = iter(enumerate(tensors))
-
-            def submit_next() -> None:
-                item = next(upcoming, None)
-                if item is not None:
-                    index, (name, shape, _) = item
-                    pending.append((name, pool.submit(produce, index, name, shape)))
-
-            for _ in range(max(1, threads)):
-                submit_next()
-            for _ in tqdm(range(len(tensors)), desc=desc, unit="tensor", leave=False):
-                name, future = pending.popleft()
-                data = future.result()
-                submit_next()
-                expected = header[name]["data_offsets"]  # type: ignore[index]
-                if len(data) != expected[1] - expected[0]:
-                    raise RuntimeError(f"{path}: tensor {name} has {len(data)} bytes, "
-                                       f"expected {expected[1] - expected[0]}")
-                fh.write(data)
-                del data
+        made = produced_in_order([(i, name, shape) for i, (name, shape, _) in enumerate(tensors)], produce, threads)
+        for (name, _, _), data in zip(tensors, tqdm(made, total=len(tensors), desc=desc, unit="tensor", leave=False)):
+            expected = header[name]["data_offsets"]  # type: ignore[index]
+            if len(data) != expected[1] - expected[0]:
+                raise RuntimeError(f"{path}: tensor {name} has {len(data)} bytes, expected {expected[1] - expected[0]}")
+            fh.write(data)
+            del data
         fh.flush()
     return path
 
