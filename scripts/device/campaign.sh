@@ -41,6 +41,10 @@ setup_python() {
   export PYTHONPATH=$PWD/src:/tmp/site:/tmp/lcpsite:/tmp/miisite:/tmp/pksite PATH=/tmp/pksite/bin:/tmp/miisite/bin:$PATH
 }
 
+# MII's own packages first and vLLM's kit (/tmp/site) off the path, so that MII's server runs on the
+# packages its kit was checked with (docs/mii.md).
+mii_env() { export TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite; }
+
 # Snakemake on $HW targets; $1 = overrides, rest = targets. Stops cleanly when the step's time is up.
 sm() {
   local ov=$1; shift
@@ -62,11 +66,10 @@ LCP_SERVE="scenario.num_requests=60 scenario.rates=[0.5,2.0] scenario.drop_first
 FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]] profiling.ncu.timeout_s=240"
 
 case $step in
-  vllm1)
+  vllm1|vk1)
     { mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk
-      nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
-      python3 scripts/device/ceilings.py "$OUT/ceilings.json"; } 2>&1 | tee "$log" ;;
-  vk1) mkdir -p /root/vk && cp .vk1/* /root/vk/ && ls -la /root/vk ;;
+      [ "$step" = vk1 ] || { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
+        python3 scripts/device/ceilings.py "$OUT/ceilings.json"; }; } 2>&1 | tee "$log" ;;
   vllm2) cp .vk2/* /root/vk/ && ls -la /root/vk ;;
   weights)
     { setup_python && sm "" $RESULTS/models/llama2-7b/weights/model.safetensors; } 2>&1 | tee "$log" ;;
@@ -99,10 +102,7 @@ case $step in
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   mii)
-    # MII's own packages first and vLLM's kit (/tmp/site) off the path, so that MII's server runs on the
-    # packages its kit was checked with (docs/mii.md).
-    { source .mii/mii-install.sh && setup_python && export TORCH_CUDA_ARCH_LIST=9.0 \
-        PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
+    { source .mii/mii-install.sh && setup_python && mii_env
       # DeepSpeed JIT-builds its FastGen ops on a fresh machine (about 2.5 min): build them while the
       # weights are written (unless the weights step wrote them already), so the timed runs find them ready.
       python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs" & jit=$!
@@ -112,7 +112,7 @@ case $step in
     } 2>&1 | tee "$log" ;;
   miiserve)
     { [ -d /tmp/miisite/mii ] || { echo "run the mii step first on this machine"; exit 3; }
-      setup_python && export TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite
+      setup_python && mii_env
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
