@@ -23,7 +23,8 @@ from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
 from inference_eval.requests import Request
 from inference_eval.serving.client import LoadSettings, run_load
-from inference_eval.serving.launch import (PortInUseError, ServerError, TAG_ENV, start_server, tagged_processes)
+from inference_eval.serving.launch import (PortInUseError, ServerError, TAG_ENV, Terminated, start_server,
+                                          tagged_processes, terminate_on_sigterm)
 from inference_eval.serving.metrics import rate_metrics
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import SERVERS, LoopbackServer
@@ -233,6 +234,28 @@ def test_interrupt_stops_server_and_leaves_no_result(tmp_path, sig, no_survivors
     assert not (tmp_path / "out.csv").exists(), "an interrupted sweep must not leave a result"
     assert not list(tmp_path.glob("**/*.part")), "no partial files"
     assert "stopped" in (tmp_path / "run" / "server.log").read_text()
+
+
+def test_sigterm_while_tokens_stream_always_stops_the_load(tmp_path):
+    """uvloop runs a raising SIGTERM handler inside whatever callback is current; one landing in a
+    transport's data_received was logged and swallowed, and the run went on (CI saw the sweep outlive
+    the signal by 30 s; 4 of 15 such signals here before the fix). Signals land at spread moments."""
+    spec, srv = _loopback("--token-delay", "0.001", log=tmp_path / "s.log")
+    reqs = [Request(id=f"q{i}", prompt_token_ids=(1, 2, 3), max_tokens=64) for i in range(400)]
+    settings = LoadSettings(url=srv.base_url + "/v1/completions", request_timeout_s=30, progress=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with srv:
+        for delay in (0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2, 1.35):
+            timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
+            started = time.monotonic()
+            timer.start()
+            with pytest.raises(Terminated):
+                with terminate_on_sigterm():
+                    run_load(reqs, make_schedule(len(reqs), 100.0, seed=0), lambda r: spec.body(r, "loopback"),
+                             settings)
+            timer.join()
+            assert time.monotonic() - started < delay + 2.0, f"signal at {delay}s was not acted on promptly"
+    assert signal.getsignal(signal.SIGTERM) is before, "the SIGTERM handler from before the run is restored"
 
 
 def test_killed_launcher_takes_its_server_along(tmp_path, no_survivors):

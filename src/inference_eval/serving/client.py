@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import gc
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -267,6 +269,27 @@ def _quiet_gc():
         gc.unfreeze()
 
 
+async def _cancelled_by_sigterm(coro, caught: list):
+    """Run ``coro`` with SIGTERM delivered through the event loop: it cancels the run and is noted in
+    ``caught``. A ``signal.signal`` handler that raises (``terminate_on_sigterm``) must not run inside
+    the loop: uvloop runs it inside whatever callback is current, and one inside a transport's
+    ``data_received`` is logged as a fatal transport error and swallowed, so the run goes on."""
+    if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGTERM)):
+        return await coro
+    loop, main = asyncio.get_running_loop(), asyncio.current_task()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm() -> None:
+        caught.append(previous)
+        main.cancel()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _event_loop_runner(coro):
     try:
         import uvloop
@@ -277,6 +300,15 @@ def _event_loop_runner(coro):
 
 def run_load(requests: Sequence[Request], schedule: Schedule, body_for: BodyBuilder,
              settings: LoadSettings) -> list[ServedCompletion]:
-    """Blocking wrapper around :func:`run_load_async` (uvloop where installed)."""
-    with _quiet_gc():
-        return _event_loop_runner(run_load_async(requests, schedule, body_for, settings))
+    """Blocking wrapper around :func:`run_load_async` (uvloop where installed). A SIGTERM during the run
+    cancels it; the SIGTERM handler that was installed before then runs here, outside the loop."""
+    caught: list = []
+    try:
+        with _quiet_gc():
+            return _event_loop_runner(_cancelled_by_sigterm(run_load_async(requests, schedule, body_for, settings),
+                                                            caught))
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        caught[0](signal.SIGTERM, None)
+        raise
