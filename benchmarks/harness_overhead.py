@@ -5,13 +5,16 @@ tiny-llama, Transformers, the s2s-synthetic dataset as the pipeline builds it (1
 capped by the CPU profile), and splits each run's wall time:
 
   library  = import_time_s (importing the library) + load_time_s + warmup_time_s (one short untimed
-             request) + total_time_s (generate) + close_time_s
+             request) + total_time_s (generate) + close_time_s + exit_time_s (the worker process's
+             end after its result is written: the kernel unmapping what the library loaded, 25-45 ms
+             for torch; a script using the library directly pays it too)
   overhead = harness wall - library: spawning the worker, Python start-up, our imports, reading the
              dataset, the result hand-over, writing the record and CSV, provenance, reaping the group
 
-It prints each run and the overhead as a fraction of the harness wall; the target is under 2%.
-``--strict-definition`` also prints ``wall - load - generate`` (charging the library's import,
-warm-up and close to the harness), which is larger for libraries as slow to import as torch.
+It prints each run and the overhead as a fraction of the harness wall; the target is under 2%. It
+also prints the overhead with the process exit charged to the harness instead, and
+``--strict-definition`` prints ``wall - load - generate`` (the library's import, warm-up, close and
+exit charged to the harness), which is larger for libraries as slow to import as torch.
 
     .venv/bin/python benchmarks/harness_overhead.py [--runs 3] [--json out.json] [--check]
 """
@@ -61,10 +64,12 @@ def measure(cfg: dict, rows: Path, files, out: Path, index: int) -> dict:
     if record["status"] != "ok":
         raise SystemExit(f"run {index} did not succeed: {record['status']}: {record['reason']}")
     parts = {k: float(record.get(k) or 0.0)
-             for k in ("import_time_s", "load_time_s", "warmup_time_s", "total_time_s", "close_time_s")}
+             for k in ("import_time_s", "load_time_s", "warmup_time_s", "total_time_s", "close_time_s",
+                       "exit_time_s")}
     library = sum(parts.values())
     return {"run": index, "wall_s": wall, **parts, "library_s": library, "overhead_s": wall - library,
             "overhead_fraction": (wall - library) / wall,
+            "overhead_with_exit_fraction": (wall - library + parts["exit_time_s"]) / wall,
             "strict_overhead_fraction": (wall - parts["load_time_s"] - parts["total_time_s"]) / wall,
             "n_requests": record["n_requests"], "output_tokens": record["output_tokens"]}
 
@@ -87,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch harness overhead: {args.library}, tiny-llama, s2s-synthetic, "
           f"{runs[0]['n_requests']} requests, {runs[0]['output_tokens']} output tokens, CPU")
     print(f"{'run':>3} {'wall s':>8} {'import':>8} {'load':>8} {'warmup':>7} {'generate':>9} {'close':>7} "
-          f"{'overhead':>9} {'share':>7}")
+          f"{'exit':>6} {'overhead':>9} {'share':>7}")
     for r in runs:
         print(f"{r['run']:>3} {r['wall_s']:8.3f} {r['import_time_s']:8.3f} {r['load_time_s']:8.3f} {r['warmup_time_s']:7.3f} "
-              f"{r['total_time_s']:9.3f} {r['close_time_s']:7.3f} {r['overhead_s']:9.3f} {r['overhead_fraction']:7.2%}")
+              f"{r['total_time_s']:9.3f} {r['close_time_s']:7.3f} {r['exit_time_s']:6.3f} {r['overhead_s']:9.3f} "
+              f"{r['overhead_fraction']:7.2%}")
     median = statistics.median(r["overhead_fraction"] for r in runs)
     print(f"harness overhead (median of {len(runs)}): {median:.2%} of the run's wall time "
           f"({statistics.median(r['overhead_s'] for r in runs):.3f} s; target < {TARGET:.0%})")
+    with_exit = statistics.median(r["overhead_with_exit_fraction"] for r in runs)
+    print(f"with the worker's process exit counted as overhead: {with_exit:.2%}")
     if args.strict_definition:
         strict = statistics.median(r["strict_overhead_fraction"] for r in runs)
         print(f"wall - load - generate (library import, warm-up and close counted as overhead): {strict:.2%}")

@@ -135,3 +135,7 @@ def test_transformers_run_batch_end_to_end(tmp_path):
     assert record["library_versions"]["transformers"]
     assert record["total_time_s"] > 0 and record["load_time_s"] > 0
     assert [int(r["output_tokens"]) for r in rows] == [m for _, m in MIXED]
+    # the worker's end after its result, timed by the parent on the same clock: short, never negative
+    assert 0 <= record["exit_time_s"] < record["worker_wall_s"]
+    phases = ("import_time_s", "load_time_s", "warmup_time_s", "total_time_s", "close_time_s", "exit_time_s")
+    assert sum(record[k] for k in phases) < record["worker_wall_s"] < record["harness_wall_s"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -268,6 +269,26 @@ def _describe_exit(returncode: int, timed_out: bool, timeout_s: float, tail: str
     return "failed", f"worker exited with code {returncode} during {phase} without a result{where}"
 
 
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        return None
+
+
+def _wait_exit(proc: subprocess.Popen, pidfd: int | None, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the worker to exit; True if it has. A pidfd wakes at the exit
+    itself, so the measured exit time holds no polling delay."""
+    if pidfd is not None:
+        select.select([pidfd], [], [], timeout_s)
+        return proc.poll() is not None
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None = None,
                echo: bool = True, gpu: bool = False) -> dict[str, Any]:
     """Run ``inference_eval.batch_worker`` on ``job`` and return its result (or a synthesised failure)."""
@@ -281,14 +302,14 @@ def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None
     sampler = _MemorySampler(proc.pid, gpu=gpu)
     timed_out = False
     result_seen_at = None
+    exited_at = None
+    pidfd = _open_pidfd(proc.pid)
     try:
         with _TermAsExit():
             while True:
-                try:
-                    proc.wait(timeout=POLL_S)
+                if _wait_exit(proc, pidfd, POLL_S):
+                    exited_at = time.monotonic()
                     break
-                except subprocess.TimeoutExpired:
-                    pass
                 now = time.perf_counter()
                 if result_seen_at is None and result_path.exists():
                     result_seen_at = now
@@ -298,12 +319,18 @@ def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None
                     timed_out = True
                     break
     finally:
+        if pidfd is not None:
+            os.close(pidfd)
         _kill_group(proc)
         sampler.stop()
         output.join()
     wall = time.perf_counter() - started
     if result_path.exists():
         result = json.loads(result_path.read_text(encoding="utf-8"))
+        written_at = result.pop("written_at_monotonic", None)
+        if written_at is not None and exited_at is not None:
+            # the process's end after its result: the kernel freeing the library's memory and threads
+            result["exit_time_s"] = max(0.0, exited_at - written_at)
     else:
         progress_path = result_path.with_name(result_path.name + ".progress")
         result = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.exists() else {}
@@ -397,6 +424,7 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "import_time_s": result.get("import_time_s"),
         "warmup_time_s": result.get("warmup_time_s"),
         "close_time_s": result.get("close_time_s"),
+        "exit_time_s": result.get("exit_time_s"),
         "worker_wall_s": result.get("worker_wall_s"),
         "worker_exit": result.get("worker_exit"),
         "failed_phase": result.get("phase") if status not in ("ok", "invalid") else None,

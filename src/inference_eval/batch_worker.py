@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
-import traceback
 from typing import Any
 
 from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
-from inference_eval.batch import OOM_MARKERS, batch_requests
-from inference_eval.io import write_json
-from inference_eval.requests import Request, check_lengths
 
-OOM_MESSAGES = OOM_MARKERS + ("available kv cache memory",)
+# The rest of the harness (inference_eval.batch, .io, traceback, resource) is imported after the
+# library: the standard modules both need are then loaded by the library's import, which is timed as
+# the library's, and what the harness adds on top is what it really costs (harness_overhead.py).
+EXTRA_OOM_MESSAGES = ("available kv cache memory",)
 DEFAULT_WARMUP_REQUESTS = 1
 
 
 def classify(exc: BaseException) -> str:
     """Status for an exception the library raised."""
+    from inference_eval.batch import OOM_MARKERS
     status = getattr(exc, "status", None)
     if isinstance(status, str) and status in ("not_installed", "unsupported"):
         return status
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
-    if any(m in str(exc).lower() for m in OOM_MESSAGES):
+    if any(m in str(exc).lower() for m in OOM_MARKERS + EXTRA_OOM_MESSAGES):
         return "oom"
     return "failed"
 
@@ -46,6 +45,7 @@ def _reason(exc: BaseException, phase: str) -> str:
 
 
 def memory_snapshot(backend) -> dict[str, Any]:
+    import resource
     mem: dict[str, Any] = {
         # ru_maxrss is in KiB on Linux
         "self_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -79,6 +79,7 @@ def warmup_requests(requests, cfg: dict) -> list[Request]:
     """``scenario.warmup_requests`` (default 1) short requests run untimed before the measured call, so
     one-off lazy initialisation (CUDA context, cuBLAS handles, kernel loading) is not charged to
     generation. Copies of the first requests with at most 2 output tokens; 0 turns it off."""
+    from inference_eval.requests import Request
     n = (cfg.get("scenario") or {}).get("warmup_requests")
     n = DEFAULT_WARMUP_REQUESTS if n is None else int(n)
     return [Request(f"warmup-{r.id}", r.prompt_token_ids, min(2, r.max_tokens)) for r in requests[:max(0, n)]]
@@ -89,7 +90,6 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     can tell, if this process dies outright, which phase it died in and what it had measured."""
     cfg = job["cfg"]
     files = ModelFiles(**job["files"])
-    requests, _ = batch_requests(job["rows_path"], cfg)
     result: dict[str, Any] = {"status": "failed", "reason": "", "phase": "import"}
     backend = None
     phase = "import"
@@ -98,7 +98,7 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     def reached(next_phase: str) -> str:
         result["phase"] = next_phase
         if progress_path:
-            write_json(progress_path, result)
+            _write_json_plain(progress_path, result)
         return next_phase
 
     reached(phase)
@@ -116,6 +116,11 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
             raise RuntimeError(f"backend class not found: library.backend = {spec!r}") from exc
         cls.check_available()
         result["import_time_s"] = time.perf_counter() - t0
+
+        from inference_eval.batch import batch_requests
+        from inference_eval.requests import check_lengths
+        phase = reached("dataset")
+        requests, _ = batch_requests(job["rows_path"], cfg)
 
         phase = reached("load")
         t0 = time.perf_counter()
@@ -148,6 +153,7 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
         result["reason"] = check.reason()
         result["backend_stats"] = dict(getattr(backend, "stats", {}) or {})
     except Exception as exc:
+        import traceback
         traceback.print_exc()
         result["status"] = classify(exc)
         result["reason"] = _reason(exc, phase)
@@ -161,6 +167,15 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
         except Exception as exc:  # the numbers are in; a failing release is only noted
             result["close_error"] = f"{type(exc).__name__}: {exc}"
     return result
+
+
+def _write_json_plain(path: str, obj: dict) -> None:
+    """Atomic JSON write needing only ``json`` and ``os``: the progress file is written before the
+    library is imported, when ``inference_eval.io`` is not (see the note at the top)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -186,6 +201,8 @@ def main(argv: list[str]) -> int:
     with open(argv[1], encoding="utf-8") as fh:
         job = json.load(fh)
     result = run_job(job, progress_path=argv[2] + ".progress")
+    from inference_eval.io import write_json
+    result["written_at_monotonic"] = time.monotonic()  # CLOCK_MONOTONIC: the parent's clock too
     write_json(argv[2], result)
     # Skip the interpreter's teardown (a second or more with torch loaded): the backend is closed and
     # the result written; the harness reaps whatever the library left in this process group.
