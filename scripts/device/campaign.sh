@@ -4,7 +4,7 @@
 # HW is the hardware key whose results the step makes (h100, h200; default: detected by the package).
 # Steps, each one device call, back to back on one warm machine (results/<hw>/README.md says what ran):
 #   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vk1 (the same, no ceilings) | vllm2 (carry .vk2)
-#   batch (carry .vk3 .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
+#   batch (carry .vk3 .pk .data .tokcache) | trf (carry .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
 #   weights (Llama-2-7B's random safetensors, for MII: about 165 s on the CPU)
 #   mii (carry .mii: batch) | miiserve (serving, after mii on the same machine)
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
@@ -83,6 +83,8 @@ case $step in
       MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
       sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
+  trf)  # Transformers' s2l alone (session 3 had under 7 minutes of device time, the start included)
+    { setup_python && sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json; } 2>&1 | tee "$log" ;;
   serve)
     { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; done
