@@ -10,8 +10,10 @@ hw=${1:?hardware key}; shift
 for tgz in "$@"; do tar xzf "$tgz" -C .; done
 # The datasets and model configs came from the GPU machine with its clock's times, often newer than records
 # made there earlier; they are what those records were made from, so they are dated back: only newer
-# records then make tables and figures again.
-find results/datasets results/models/*/hf -type f -exec touch -d '2000-01-01 00:00' {} + 2>/dev/null || true
+# records then make tables and figures again. The same for committed engine records (TensorRT-LLM's
+# build rule), which a fresh clone may date after the batch records made from them.
+find results/datasets results/models/*/hf "results/$hw/engines" -type f -exec touch -d '2000-01-01 00:00' {} + \
+  2>/dev/null || true
 limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
 # Rules that only read records (tables, bounds, theory, figures, the fit). Anything else planned here would
 # be a GPU run on this machine: Snakemake would start it, see the wrong hardware, and delete that job's
