@@ -99,3 +99,25 @@ def test_throughput_figure_labels_synthetic_datasets():
                              "l2s": pd.DataFrame([{**row, "synthetic": False}])}, "t")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["s2s (synthetic)", "l2s"]
+
+
+def test_sigterm_is_remembered_through_nested_blocks_and_cleared_after():
+    import signal
+
+    from inference_eval.termination import (Terminated, raise_if_terminated, terminate_on_sigterm,
+                                            termination_pending)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with terminate_on_sigterm():
+        with pytest.raises(Terminated) as info:
+            with terminate_on_sigterm():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10_000):  # the handler runs at the next bytecode boundary
+                    pass
+        assert info.value.code == 128 + signal.SIGTERM
+        assert termination_pending(), "the inner block's exit must not forget the outer block's signal"
+        with pytest.raises(Terminated):
+            raise_if_terminated()
+    assert not termination_pending()
+    assert signal.getsignal(signal.SIGTERM) is before
+    raise_if_terminated()  # nothing pending outside a block

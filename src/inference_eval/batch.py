@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 from inference_eval.backends.base import ModelFiles
 from inference_eval.io import atomic_path, write_json
 from inference_eval.requests import Request, load_requests, run_limits, run_requests
+from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
 STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported")
 REQUEST_COLUMNS = ["id", "prompt_tokens", "requested", "output_tokens", "ok", "error"]
@@ -235,23 +236,6 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = GROUP_GRACE_S) -> None:
         pass
 
 
-class _TermAsExit:
-    """While the worker runs, SIGTERM (Snakemake or SLURM cancelling) unwinds us so the worker is killed."""
-
-    def __enter__(self):
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            def _raise(signum, frame):
-                raise SystemExit(128 + signum)
-            self._old = signal.signal(signal.SIGTERM, _raise)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False
-
-
 def _describe_exit(returncode: int, timed_out: bool, timeout_s: float, tail: str,
                    phase: str = "start-up") -> tuple[str, str]:
     """(status, reason) for a worker that ended without writing its result."""
@@ -305,8 +289,9 @@ def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None
     exited_at = None
     pidfd = _open_pidfd(proc.pid)
     try:
-        with _TermAsExit():
+        with terminate_on_sigterm():  # Snakemake or SLURM cancelling: unwind, so the worker is killed
             while True:
+                raise_if_terminated()
                 if _wait_exit(proc, pidfd, POLL_S):
                     exited_at = time.monotonic()
                     break

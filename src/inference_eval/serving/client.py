@@ -32,6 +32,7 @@ import aiohttp
 
 from inference_eval.requests import Completion, Request
 from inference_eval.serving.schedule import Schedule
+from inference_eval.termination import raise_if_terminated, termination_pending
 
 # Start the first request a little after t0 so that task creation for the run is not counted as lag.
 START_LEAD_S = 0.05
@@ -283,6 +284,10 @@ async def _cancelled_by_sigterm(coro, caught: list):
         caught.append(previous)
         main.cancel()
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    if termination_pending():  # one whose raise was lost before the loop took over the signal
+        coro.close()
+        on_sigterm()
+        await asyncio.sleep(0)
     try:
         return await coro
     finally:
@@ -305,10 +310,12 @@ def run_load(requests: Sequence[Request], schedule: Schedule, body_for: BodyBuil
     caught: list = []
     try:
         with _quiet_gc():
-            return _event_loop_runner(_cancelled_by_sigterm(run_load_async(requests, schedule, body_for, settings),
-                                                            caught))
+            completions = _event_loop_runner(_cancelled_by_sigterm(
+                run_load_async(requests, schedule, body_for, settings), caught))
     except asyncio.CancelledError:
         if not caught:
             raise
         caught[0](signal.SIGTERM, None)
         raise
+    raise_if_terminated()
+    return completions

@@ -1,12 +1,11 @@
 """Start a library's server as its own process group on loopback, wait until it is healthy, stream its
 log into the run folder, and always stop the whole group: on success, on failure, on Ctrl-C and on
-SIGTERM (``terminate_on_sigterm``). A server that exits early, never gets healthy or cannot bind its
+SIGTERM (``inference_eval.termination``). A server that exits early, never gets healthy or cannot bind its
 port fails with ``ServerError`` carrying the tail of its log.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -17,9 +16,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from inference_eval.serving.servers import LaunchCommand
+from inference_eval.termination import (Terminated, raise_if_terminated, terminate_on_sigterm,  # noqa: F401
+                                       termination_pending)
 
 # Every process we start carries this in its environment (inherited by its children), so a test or
 # a cleanup pass can find survivors precisely, whoever their parent has become.
@@ -230,28 +230,6 @@ def _wait_healthy(server: ServerProcess, health_path: str, timeout_s: float, api
                               f"{last if last is not None else 'no answer'}; log {server.log_path}):\n"
                               f"{server.log_tail()}")
         time.sleep(0.25)
-
-
-class Terminated(SystemExit):
-    """SIGTERM turned into an exception so ``finally`` blocks (and server stops) run. A SystemExit, as
-    asyncio propagates those out of a running loop (other BaseExceptions would stay inside a task)."""
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises (like Ctrl-C does), so cleanup runs; the previous handler is
-    restored after. Only usable from the main thread."""
-    def _raise(signum, frame):
-        raise Terminated(128 + signum)
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def tagged_processes(tag: str) -> list[int]:

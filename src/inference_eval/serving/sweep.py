@@ -24,10 +24,11 @@ from inference_eval.io import write_csv, write_json
 from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
-from inference_eval.serving.launch import ServerError, ServerProcess, start_server, terminate_on_sigterm
+from inference_eval.serving.launch import ServerError, ServerProcess, start_server
 from inference_eval.serving.metrics import rate_metrics
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
+from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
 IDENTITY = ("library", "model", "dataset", "dataset_source", "hardware", "rate", "status", "reason")
 METRIC_COLUMNS = (
@@ -228,6 +229,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                                   log_path, host=settings.host, port=settings.port, health_path=spec.health_path,
                                   health_timeout_s=settings.health_timeout_s, api_key=settings.api_key,
                                   tag=f"ie-sweep-{uuid.uuid4().hex[:12]}")
+            raise_if_terminated()
             record["server_command"] = server.argv_logged
             load = LoadSettings(url=server.base_url + spec.completions_path,
                                 request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
@@ -236,6 +238,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                      settings.warmup_timeout_s, server)
             for rate in settings.rates:
                 rows.append(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident))
+                raise_if_terminated()
         except ServerError as exc:
             msg = str(exc).splitlines()[0]
             done = {r["rate"] for r in rows}
