@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,20 @@ def test_sigterm_is_remembered_through_nested_blocks_and_cleared_after():
     assert not termination_pending()
     assert signal.getsignal(signal.SIGTERM) is before
     raise_if_terminated()  # nothing pending outside a block
+
+
+def test_source_digest_names_the_code_not_the_checkout(tmp_path):
+    import shutil
+
+    from inference_eval.report.provenance import source_digest
+
+    repo = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "copy"
+    for part in ("src/inference_eval", "conf", "rules", "workflow_scripts"):
+        shutil.copytree(repo / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "Snakefile", copy / "Snakefile")
+    here, there = source_digest(repo), source_digest(copy)
+    assert here["files"] > 50 and here == there
+    (copy / "conf" / "config.yaml").write_text((copy / "conf" / "config.yaml").read_text() + "\n# changed\n")
+    assert source_digest(copy)["sha256"] != here["sha256"]
+    assert provenance({"a": 1})["source"] == here

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "theory": ("inference_eval.theory.cli", "per-op FLOPs, bytes, intensity and roofline for a model"),
     "dataset": ("inference_eval.datasets.cli", "build or describe a dataset"),
     "loadgen": ("inference_eval.serving.cli", "run the load generator against an OpenAI-compatible server"),
+    "provenance": ("inference_eval.report.provenance", "the source digest and git state run records carry"),
 }
 
 

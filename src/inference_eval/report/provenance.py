@@ -44,6 +44,29 @@ def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
     return {"commit": sha or None, "dirty": dirty if sha else None}
 
 
+# What decides a run's behaviour besides its config and the libraries: the package and the workflow.
+SOURCE_GLOBS = ("src/inference_eval/**/*.py", "conf/**/*.yaml", "rules/*.smk", "Snakefile", "workflow_scripts/*.py")
+
+
+def source_digest(repo: str | Path | None = None) -> dict[str, Any]:
+    """sha256 over the package's and the workflow's source files (relative path and bytes, in path
+    order). Unlike the git commit, it names the code that ran where the checkout's git state does not
+    (the lent GPU gets a copy of the working tree beside an older commit, so its records say "dirty");
+    recompute it at a commit to check a record against it."""
+    import hashlib
+
+    repo = Path(repo or Path(__file__).resolve().parents[3])
+    files = sorted({f for pattern in SOURCE_GLOBS for f in repo.glob(pattern)
+                    if f.is_file() and "__pycache__" not in f.parts})
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.relative_to(repo).as_posix().encode()
+        h.update(len(rel).to_bytes(4, "big") + rel)
+        data = f.read_bytes()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return {"sha256": h.hexdigest() if files else None, "files": len(files)}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -106,4 +129,16 @@ def redact_with_digest(obj: Any) -> Any:
 def provenance(cfg: Mapping[str, Any], started: str | None = None) -> dict[str, Any]:
     safe = redact(cfg)
     return {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
-            "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}
+            "source": source_digest(), "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}
+
+
+# -- `inference-eval provenance`: what a record made from this checkout would carry ------------------
+def add_arguments(p) -> None:
+    p.add_argument("--repo", help="checkout to describe (default: the one this package runs from)")
+
+
+def run(args) -> int:
+    import json
+
+    print(json.dumps({"source": source_digest(args.repo), "git": git_commit(args.repo)}, indent=2))
+    return 0
