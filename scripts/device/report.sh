@@ -8,13 +8,21 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 hw=${1:?hardware key}; shift
 for tgz in "$@"; do tar xzf "$tgz" -C .; done
+limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
+# The campaign's datasets are git-ignored: a fresh clone builds those the step archives did not bring
+# (the same seeded subsets from the same sources, so the same rows; DATA_ROOT: the sources' folder).
+for d in s2s l2s s2l s16k; do
+  [ -f "results/datasets/$d/rows.jsonl" ] && continue
+  .venv/bin/snakemake --cores 2 --quiet all --config hardware="$hw" \
+    overrides="matrix.dataset_variant=real data_root=${DATA_ROOT:-$(realpath ../shared/data)} dataset.limit=$(limit $d)" \
+    -- "results/datasets/$d/rows.jsonl"
+done
 # The datasets and model configs came from the GPU machine with its clock's times, often newer than records
 # made there earlier; they are what those records were made from, so they are dated back: only newer
 # records then make tables and figures again. The same for committed engine records (TensorRT-LLM's
 # build rule), which a fresh clone may date after the batch records made from them.
 find results/datasets results/models/*/hf "results/$hw/engines" -type f -exec touch -d '2000-01-01 00:00' {} + \
   2>/dev/null || true
-limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
 # Rules that only read records (tables, bounds, theory, figures, the fit). Anything else planned here would
 # be a GPU run on this machine: Snakemake would start it, see the wrong hardware, and delete that job's
 # committed outputs as those of a failed job. So each call is dry-run first and stops if it plans more.
