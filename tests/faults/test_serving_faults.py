@@ -272,14 +272,15 @@ def test_sigterm_lost_in_a_finalizer_still_stops_the_load(tmp_path):
     spec, srv = _loopback("--token-delay", "0.01", log=tmp_path / "s.log")
     reqs = [Request(id=f"q{i}", prompt_token_ids=(1, 2, 3), max_tokens=64) for i in range(200)]
     settings = LoadSettings(url=srv.base_url + "/v1/completions", request_timeout_s=30, progress=False)
-    with srv:
+    with srv, terminate_on_sigterm():
+        ours = signal.getsignal(signal.SIGTERM)
         started = time.monotonic()
         with pytest.raises(Terminated):
-            with terminate_on_sigterm():
-                dropped = _SigtermInFinalizer()
-                del dropped  # "Exception ignored in ... __del__": the raise never reaches us
-                run_load(reqs, make_schedule(len(reqs), 20.0, seed=0), lambda r: spec.body(r, "loopback"), settings)
+            dropped = _SigtermInFinalizer()
+            del dropped  # "Exception ignored in ... __del__": the raise never reaches us
+            run_load(reqs, make_schedule(len(reqs), 20.0, seed=0), lambda r: spec.body(r, "loopback"), settings)
         assert time.monotonic() - started < 3.0, "the load ran on after a SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is ours, "the load gives the SIGTERM handler back"
 
 
 def test_killed_launcher_takes_its_server_along(tmp_path, no_survivors):

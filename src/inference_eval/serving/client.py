@@ -284,11 +284,11 @@ async def _cancelled_by_sigterm(coro, caught: list):
         caught.append(previous)
         main.cancel()
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    if termination_pending():  # one whose raise was lost before the loop took over the signal
-        coro.close()
-        on_sigterm()
-        await asyncio.sleep(0)
     try:
+        if termination_pending():  # one whose raise was lost before the loop took over the signal
+            coro.close()
+            on_sigterm()
+            await asyncio.sleep(0)  # the cancellation lands here
         return await coro
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
