@@ -23,12 +23,12 @@ from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
 from inference_eval.requests import Request
 from inference_eval.serving.client import LoadSettings, run_load
-from inference_eval.serving.launch import (PortInUseError, ServerError, TAG_ENV, Terminated, start_server,
-                                          tagged_processes, terminate_on_sigterm)
+from inference_eval.serving.launch import PortInUseError, ServerError, TAG_ENV, start_server, tagged_processes
 from inference_eval.serving.metrics import rate_metrics
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import SERVERS, LoopbackServer
 from inference_eval.serving.sweep import run_sweep
+from inference_eval.termination import Terminated, terminate_on_sigterm
 
 REPO = Path(__file__).resolve().parents[2]
 

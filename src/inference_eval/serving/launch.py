@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_eval.serving.servers import LaunchCommand
-from inference_eval.termination import (Terminated, raise_if_terminated, terminate_on_sigterm,  # noqa: F401
-                                       termination_pending)
 
 # Every process we start carries this in its environment (inherited by its children), so a test or
 # a cleanup pass can find survivors precisely, whoever their parent has become.
