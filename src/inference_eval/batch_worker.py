@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
+from inference_eval.io import write_json
 
-# The rest of the harness (inference_eval.batch, .io, traceback, resource) is imported after the
+# The rest of the harness (inference_eval.batch, traceback, resource) is imported after the
 # library: the standard modules both need are then loaded by the library's import, which is timed as
 # the library's, and what the harness adds on top is what it really costs (harness_overhead.py).
 EXTRA_OOM_MESSAGES = ("available kv cache memory",)
@@ -98,7 +99,7 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     def reached(next_phase: str) -> str:
         result["phase"] = next_phase
         if progress_path:
-            _write_json_plain(progress_path, result)
+            write_json(progress_path, result)
         return next_phase
 
     reached(phase)
@@ -169,15 +170,6 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     return result
 
 
-def _write_json_plain(path: str, obj: dict) -> None:
-    """Atomic JSON write needing only ``json`` and ``os``: the progress file is written before the
-    library is imported, when ``inference_eval.io`` is not (see the note at the top)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def _die_with_parent(parent_pid: int | None) -> None:
     """Linux: get SIGKILL if the harness dies, so no library process outlives its run."""
     if parent_pid is None or not sys.platform.startswith("linux"):
@@ -201,7 +193,6 @@ def main(argv: list[str]) -> int:
     with open(argv[1], encoding="utf-8") as fh:
         job = json.load(fh)
     result = run_job(job, progress_path=argv[2] + ".progress")
-    from inference_eval.io import write_json
     result["written_at_monotonic"] = time.monotonic()  # CLOCK_MONOTONIC: the parent's clock too
     write_json(argv[2], result)
     # Skip the interpreter's teardown (a second or more with torch loaded): the backend is closed and
