@@ -6,7 +6,12 @@
 #   vllm1 (carry .vk1; also measures the copy/matmul ceilings) | vk1 (the same, no ceilings) | vllm2 (carry .vk2)
 #   batch (carry .vk3 .pk .data .tokcache) | trf (carry .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
 #   weights (Llama-2-7B's random safetensors, for MII: about 165 s on the CPU)
-#   mii (carry .mii: batch) | miiserve (serving, after mii on the same machine)
+#   mii (carry .mii: batch) | miiserve (serving, after mii or miiprep on the same machine)
+# Session 4's order, which keeps the GPU measuring while the CPU builds (background work runs in its own
+# process session, which outlives its call; each leaves $CAMPAIGN/<name>.rc when done):
+#   lcpbuild (carry .lcp: llama.cpp's CUDA build, background) | miiprep (carry .mii: install, and the JIT
+#   ops in the background) | vk1 | vllm2 | vfine (carry .vk3 .pk .data .tokcache: GGUF and safetensors
+#   writers in the background; vLLM eager fine grain, then vLLM s16k on a quiet machine) | llamacpp | miiserve
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
@@ -23,8 +28,10 @@ step=${1:?step}
 budget=${2:-540}   # seconds this step's Snakemake runs may take before they are stopped
 CAMPAIGN=/root/campaign
 mkdir -p "$CAMPAIGN"
-[ -d .data ] && { rm -rf "$CAMPAIGN/data"; cp -r .data "$CAMPAIGN/data"; }
-[ -d .tokcache ] && { rm -rf "$CAMPAIGN/tokcache"; cp -r .tokcache "$CAMPAIGN/tokcache"; }
+case $step in bg-*) ;; *)  # a background step reads what its parent call copied
+  [ -d .data ] && { rm -rf "$CAMPAIGN/data"; cp -r .data "$CAMPAIGN/data"; }
+  [ -d .tokcache ] && { rm -rf "$CAMPAIGN/tokcache"; cp -r .tokcache "$CAMPAIGN/tokcache"; } ;;
+esac
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$CAMPAIGN/tokcache VLLM_USE_FLASHINFER_SAMPLER=0
 HW=${HW:-$(PYTHONPATH=src python3 -c 'from inference_eval.hardware import detect_hardware; print(detect_hardware())')}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -55,6 +62,23 @@ sm() {
     overrides="matrix.dataset_variant=real data_root=$CAMPAIGN/data results_dir=$RESULTS $ov" -- "$@"
 }
 
+# Work that outlives its call (own process session): `background NAME CMD...`; NAME.rc appears when done.
+background() {
+  local name=$1; shift
+  rm -f "$CAMPAIGN/$name.rc"
+  setsid nohup bash -c '"$@"; echo $? > '"$CAMPAIGN/$name.rc" _ "$@" > "$CAMPAIGN/$name.log" 2>&1 < /dev/null &
+  echo "background $name started (log $CAMPAIGN/$name.log)"
+}
+# Wait up to $2 s for background NAME; print its rc and log tail. Returns 1 if it failed or is not done.
+await() {
+  local name=$1 t=$2 waited=0
+  [ -f "$CAMPAIGN/$name.log" ] || { echo "== background $name: never started on this machine"; return 1; }
+  while [ ! -f "$CAMPAIGN/$name.rc" ] && [ "$waited" -lt "$t" ]; do sleep 5; waited=$((waited + 5)); done
+  echo "== background $name: rc $(cat "$CAMPAIGN/$name.rc" 2>/dev/null || echo 'not done') after waiting ${waited} s"
+  tail -5 "$CAMPAIGN/$name.log" 2>/dev/null; cp "$CAMPAIGN/$name.log" "$OUT/" 2>/dev/null
+  [ "$(cat "$CAMPAIGN/$name.rc" 2>/dev/null)" = 0 ]
+}
+
 RESULTS=$CAMPAIGN/results
 REAL="$RESULTS/$HW"
 # The seeded subsets (rows per dataset) the campaign runs: the same on every GPU, so columns compare.
@@ -62,7 +86,7 @@ limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;
 # One serving schedule for vLLM and MII (the same requests, so their curves compare); llama.cpp serves one
 # request at a time, so it gets fewer requests at lower rates.
 SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10"
-LCP_SERVE="scenario.num_requests=60 scenario.rates=[0.5,2.0] scenario.drop_first=5 scenario.drop_last=5"
+LCP_SERVE="scenario.num_requests=40 scenario.rates=[1.0,4.0] scenario.drop_first=5 scenario.drop_last=5"
 FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]] profiling.ncu.timeout_s=240"
 
 case $step in
@@ -98,8 +122,27 @@ case $step in
       sm "$FINE" $REAL/modules/vllm.json
       sm "$FINE" $REAL/coefficients.csv
     } 2>&1 | tee "$log" ;;
+  lcpbuild)  # the kit kept on the machine, built in the background (about 5 minutes of 16 cores)
+    { rm -rf /root/lcpkit && mkdir -p /root/lcpkit && cp -r .lcp /root/lcpkit/
+      background lcpbuild bash -c 'cd /root/lcpkit && source .lcp/lcp-install.sh'; } 2>&1 | tee "$log" ;;
+  miiprep)  # MII installed now, its FastGen ops JIT-built in the background
+    { source .mii/mii-install.sh && mii_env && mkdir -p "$CAMPAIGN" &&
+      background miijit python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs"; } 2>&1 | tee "$log" ;;
+  vfine)
+    { source .vk3/vk-install.sh && setup_python && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
+      export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
+      # The model files llama.cpp and MII load, written on the CPU while the GPU profiles (device-kernel times).
+      background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW bash scripts/device/campaign.sh bg-modelfiles 900
+      sm "$FINE" $REAL/modules/vllm.json
+      # s16k is timed end to end: it waits for the CPU work above (and the builds) to end first.
+      for b in modelfiles lcpbuild miijit; do await $b 240; done
+      MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
+    } 2>&1 | tee "$log" ;;
+  bg-modelfiles)
+    { setup_python && sm "" $RESULTS/models/llama2-7b/gguf/f16.gguf $RESULTS/models/llama2-7b/weights/model.safetensors; } 2>&1 ;;
   llamacpp)
-    { source .lcp/lcp-install.sh && setup_python
+    { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300 && export PYTHONPATH=/tmp/lcpsite; fi
+      setup_python && await modelfiles 300
       for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/llamacpp/llama2-7b/$d.json; done
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
@@ -113,8 +156,9 @@ case $step in
       for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/mii/llama2-7b/$d.json; done
     } 2>&1 | tee "$log" ;;
   miiserve)
-    { [ -d /tmp/miisite/mii ] || { echo "run the mii step first on this machine"; exit 3; }
+    { [ -d /tmp/miisite/mii ] || { echo "run the mii or miiprep step first on this machine"; exit 3; }
       setup_python && mii_env
+      [ -f "$CAMPAIGN/miijit.rc" ] && await miijit 300
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
