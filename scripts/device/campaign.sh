@@ -66,7 +66,8 @@ sm() {
 background() {
   local name=$1; shift
   rm -f "$CAMPAIGN/$name.rc"
-  setsid nohup bash -c '"$@"; echo $? > '"$CAMPAIGN/$name.rc" _ "$@" > "$CAMPAIGN/$name.log" 2>&1 < /dev/null &
+  : > "$CAMPAIGN/$name.log"  # here, not in the child: `await` reads a missing log as "never started"
+  setsid nohup bash -c '"$@"; echo $? > '"$CAMPAIGN/$name.rc" _ "$@" >> "$CAMPAIGN/$name.log" 2>&1 < /dev/null &
   echo "background $name started (log $CAMPAIGN/$name.log)"
 }
 # Wait up to $2 s for background NAME; print its rc and log tail. Returns 1 if it failed or is not done.
@@ -107,6 +108,8 @@ case $step in
       MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
       sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
+  s16k)  # vLLM on s16k alone (vLLM installed on this machine by an earlier step)
+    { setup_python && MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json; } 2>&1 | tee "$log" ;;
   trf)  # Transformers' s2l alone (session 3 had under 7 minutes of device time, the start included)
     { setup_python && sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json; } 2>&1 | tee "$log" ;;
   serve)
@@ -166,6 +169,7 @@ esac
 rc=$?
 # Back: this hardware's results, the built datasets and the model configs (no weights, no GGUF), so the
 # tables and figures can be made on any machine (`snakemake --rerun-triggers mtime ...`).
+case $step in bg-*) exit $rc ;; esac  # its parent call's step returns the results
 [ -d "$REAL" ] && tar czf "$OUT/results-$HW.tgz" --exclude='*.safetensors' --exclude='*.gguf' -C "$CAMPAIGN" \
   "results/$HW" results/datasets $(cd "$CAMPAIGN" && ls -d results/models/*/hf 2>/dev/null)
 ls -la "$OUT"

@@ -1,0 +1,72 @@
+"""The GPU campaign's shell scripts: they parse, and campaign.sh's background helpers behave.
+
+The campaign runs only on the lent GPU; these checks run its pure-shell parts here, so a broken step is
+found before it costs device time.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_SCRIPTS = sorted((ROOT / "scripts" / "device").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", DEVICE_SCRIPTS, ids=lambda p: p.name)
+def test_device_script_parses(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _helpers() -> str:
+    """campaign.sh's `background` and `await` functions, as text to source."""
+    text = (ROOT / "scripts" / "device" / "campaign.sh").read_text()
+    found = [re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.S | re.M) for name in ("background", "await")]
+    assert all(found), "campaign.sh lost its background/await helpers"
+    return "".join(m.group(0) for m in found)
+
+
+def _run(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    script = f"set -u\nCAMPAIGN={tmp_path}/campaign OUT={tmp_path}/out\nmkdir -p $CAMPAIGN $OUT\n{_helpers()}\n{body}"
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_background_work_reports_its_exit_status_and_log(tmp_path):
+    proc = _run(tmp_path, """
+background ok bash -c 'sleep 1; echo built'
+background bad bash -c 'echo broken; exit 4'
+await ok 30; echo "ok=$?"
+await bad 30; echo "bad=$?"
+""")
+    assert "ok=0" in proc.stdout and "bad=1" in proc.stdout, proc.stdout + proc.stderr
+    assert "rc 0" in proc.stdout and "rc 4" in proc.stdout
+    assert "built" in proc.stdout and "broken" in proc.stdout  # the log's tail is shown
+    assert (tmp_path / "out" / "ok.log").read_text().strip() == "built"  # and returned under $OUT
+
+
+def test_background_work_outlives_its_caller_in_its_own_session(tmp_path):
+    # The device kills what a call leaves running unless it started a new process session.
+    _run(tmp_path, "background late bash -c 'sleep 2; echo done'")
+    proc = _run(tmp_path, "await late 30; echo \"late=$?\"")
+    assert "late=0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_await_of_work_never_started_fails_at_once(tmp_path):
+    proc = _run(tmp_path, "SECONDS=0; await nothing 30; echo \"rc=$? waited=$SECONDS\"")
+    assert "never started" in proc.stdout
+    rc, waited = re.search(r"rc=(\d+) waited=(\d+)", proc.stdout).groups()
+    assert rc == "1" and int(waited) < 5
+
+
+def test_await_gives_up_after_its_time(tmp_path):
+    proc = _run(tmp_path, """
+background slow sleep 12
+SECONDS=0; await slow 5; echo "rc=$? waited=$SECONDS"
+""")
+    assert "not done" in proc.stdout
+    rc, waited = re.search(r"rc=(\d+) waited=(\d+)", proc.stdout).groups()
+    assert rc == "1" and 5 <= int(waited) < 15
