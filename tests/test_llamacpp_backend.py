@@ -83,7 +83,24 @@ def test_gpu_layers_only_on_gpu_hardware(tiny_gguf):
     assert LlamaCppBackend(cfg, ModelFiles(gguf_path=str(tiny_gguf))).llama_kwargs()["n_gpu_layers"] == 0
     cfg["hardware"] = {"name": "h100", "kind": "gpu"}
     kwargs = LlamaCppBackend(cfg, ModelFiles(gguf_path=str(tiny_gguf))).llama_kwargs()
-    assert kwargs["n_gpu_layers"] == -1 and kwargs["n_ctx"] == 4096 and kwargs["model_path"] == str(tiny_gguf)
+    assert kwargs["n_gpu_layers"] == -1 and kwargs["model_path"] == str(tiny_gguf)
+    assert kwargs["n_ctx"] == cfg["model"]["max_position_embeddings"] == 2048  # n_ctx null: the model's context
+
+
+def test_context_is_the_models_unless_the_library_sets_it():
+    """A 16k model gets 16k tokens of context in batch and serving alike, with no override."""
+    from inference_eval.backends.llamacpp_backend import context_length
+    from inference_eval.serving.servers import SERVERS
+
+    cfg = job_cfg()
+    cfg["model"] = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "vicuna-7b-16k.yaml"))
+    assert cfg["library"]["n_ctx"] is None and context_length(cfg) == 16384
+    argv = SERVERS["llamacpp"]().command(cfg, ModelFiles(gguf_path="m.gguf"), "127.0.0.1", 8000, None).argv
+    assert argv[argv.index("--n_ctx") + 1] == "16384"
+    cfg["library"]["n_ctx"] = 8192
+    assert context_length(cfg) == 8192
+    argv = SERVERS["llamacpp"]().command(cfg, ModelFiles(gguf_path="m.gguf"), "127.0.0.1", 8000, None).argv
+    assert argv[argv.index("--n_ctx") + 1] == "8192"
 
 
 def test_eos_does_not_stop_generation(monkeypatch):

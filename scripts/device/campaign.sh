@@ -12,6 +12,10 @@
 #   lcpbuild (carry .lcp: llama.cpp's CUDA build, background) | miiprep (carry .mii: install, and the JIT
 #   ops in the background) | vk1 | vllm2 | vfine (carry .vk3 .pk .data .tokcache: GGUF and safetensors
 #   writers in the background; vLLM eager fine grain, then vLLM s16k on a quiet machine) | llamacpp | miiserve
+#   (s16k, which ran short of time in vfine, then ran as its own step: s16k)
+# s16k for llama.cpp and MII (not yet run): lcpbuild | miiprep | s16kprep (carry .pk .data .tokcache) | s16kmore
+# Transformers on s16k does not fit one call: on s2l it took 107.5 s for two static batches of at most 701 and
+# 750 steps (about 74 ms a step), so 16,000 steps would take about 20 minutes; a call may run 10.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
@@ -141,8 +145,15 @@ case $step in
       for b in modelfiles lcpbuild miijit; do await $b 240; done
       MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
     } 2>&1 | tee "$log" ;;
-  bg-modelfiles)
-    { setup_python && sm "" $RESULTS/models/llama2-7b/gguf/f16.gguf $RESULTS/models/llama2-7b/weights/model.safetensors; } 2>&1 ;;
+  bg-modelfiles)  # MODEL's GGUF and safetensors (default llama2-7b)
+    { m=${MODEL:-llama2-7b}; setup_python && sm "" $RESULTS/models/$m/gguf/f16.gguf $RESULTS/models/$m/weights/model.safetensors; } 2>&1 ;;
+  s16kprep)  # Vicuna-7B-16k's model files for llama.cpp and MII, written in the background
+    { setup_python && background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW MODEL=vicuna-7b-16k bash scripts/device/campaign.sh bg-modelfiles 900; } 2>&1 | tee "$log" ;;
+  s16kmore)  # llama.cpp and MII on s16k, after lcpbuild, miiprep and s16kprep on this machine
+    { setup_python && mii_env && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite
+      for b in lcpbuild miijit modelfiles; do await $b 400; done
+      for lib in llamacpp mii; do MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/$lib/vicuna-7b-16k/s16k.json; done
+    } 2>&1 | tee "$log" ;;
   llamacpp)
     { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300 && export PYTHONPATH=/tmp/lcpsite; fi
       setup_python && await modelfiles 300

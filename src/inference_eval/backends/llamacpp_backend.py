@@ -22,6 +22,12 @@ INSTALL_HINT = ("llama-cpp-python is not installed: pip install 'llama-cpp-pytho
                 "for CUDA set CMAKE_ARGS=-DGGML_CUDA=on)")
 
 
+def context_length(cfg: dict) -> int:
+    """llama.cpp's context (``n_ctx``): ``library.n_ctx``, else the model's whole context, so that a 16k model
+    gets 16k tokens without an override (the batch runs and the server agree on it)."""
+    return int(cfg["library"].get("n_ctx") or cfg["model"].get("max_position_embeddings") or 4096)
+
+
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     scheduling = "sequential: one request at a time, KV cache reset between requests"
@@ -41,12 +47,12 @@ class LlamaCppBackend(Backend):
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Arguments for ``llama_cpp.Llama``, from ``cfg['library']`` and the hardware profile."""
-        lib, model, hw = self.cfg["library"], self.cfg["model"], self.cfg.get("hardware", {})
+        lib, hw = self.cfg["library"], self.cfg.get("hardware", {})
         if not self.files.gguf_path:
             raise BackendUnavailable("llama.cpp needs a GGUF file; the models rule `gguf` gave none")
         n_gpu_layers = int(lib.get("n_gpu_layers", -1)) if hw.get("kind") == "gpu" else 0
         threads = lib.get("n_threads") or max(1, len(os.sched_getaffinity(0)))
-        n_ctx = int(lib.get("n_ctx") or model.get("max_position_embeddings") or 4096)
+        n_ctx = context_length(self.cfg)
         return {
             "model_path": str(self.files.gguf_path), "n_ctx": n_ctx, "n_batch": min(n_ctx, int(lib.get("n_batch") or 512)),
             "n_gpu_layers": n_gpu_layers, "n_threads": int(threads), "n_threads_batch": int(threads),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference_eval.backends.base import ModelFiles
+from inference_eval.backends.llamacpp_backend import context_length
 from inference_eval.requests import Request
 
 
@@ -136,7 +137,7 @@ class LlamaCppServer(ServerSpec):
         lib = cfg["library"]
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
                 "--model_alias", self.served_name(cfg, files), "--host", host, "--port", str(port),
-                "--n_ctx", str(lib.get("n_ctx") or 4096), "--interrupt_requests", "False"]
+                "--n_ctx", str(context_length(cfg)), "--interrupt_requests", "False"]
         if not _is_cpu(cfg):
             argv += ["--n_gpu_layers", str(lib.get("n_gpu_layers", -1))]
         else:
