@@ -124,10 +124,9 @@ case $step in
     { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
       sm "$FINE" $REAL/modules/transformers-eager.json
     } 2>&1 | tee "$log" ;;
-  fine2)  # vLLM eager the same way, then the fitted time model of both
+  fine2)  # vLLM eager the same way (report.sh fits the time model of both here, from the records)
     { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
       sm "$FINE" $REAL/modules/vllm.json
-      sm "$FINE" $REAL/coefficients.csv
     } 2>&1 | tee "$log" ;;
   lcpbuild)  # the kit kept on the machine, built in the background (about 5 minutes of 16 cores)
     { rm -rf /root/lcpkit && mkdir -p /root/lcpkit && cp -r .lcp /root/lcpkit/
@@ -172,7 +171,7 @@ case $step in
   miiserve)
     { [ -d /tmp/miisite/mii ] || { echo "run the mii or miiprep step first on this machine"; exit 3; }
       setup_python && mii_env
-      [ -f "$CAMPAIGN/miijit.rc" ] && await miijit 300
+      [ -f "$CAMPAIGN/miijit.log" ] && await miijit 300  # miiprep's JIT build, where it ran on this machine
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
