@@ -124,6 +124,26 @@ def test_sigterm_is_remembered_through_nested_blocks_and_cleared_after():
     raise_if_terminated()  # nothing pending outside a block
 
 
+def test_sigterm_deferred_holds_the_raise_until_the_block_ends():
+    import signal
+
+    from inference_eval.termination import Terminated, sigterm_deferred, terminate_on_sigterm
+
+    with terminate_on_sigterm():
+        ours = signal.getsignal(signal.SIGTERM)
+        reached = []
+        with pytest.raises(Terminated):
+            with sigterm_deferred() as deferral:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10_000):  # a handler would run here
+                    pass
+                reached.append(deferral.pending())  # no raise inside: the signal is only noted
+        assert reached == [True]
+        assert signal.getsignal(signal.SIGTERM) is ours, "the raising handler is back after the block"
+    with sigterm_deferred() as deferral:  # the default handler: nothing to hold back
+        assert deferral is None
+
+
 def test_source_digest_names_the_code_not_the_checkout(tmp_path):
     import shutil
 

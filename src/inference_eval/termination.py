@@ -4,13 +4,16 @@ servers and workers are stopped and no partial result is left behind.
 A signal handler runs wherever the main thread happens to be. Python prints and drops an exception
 raised inside a finalizer (a ``__del__``, a weakref callback), and uvloop drops one raised inside a
 transport callback, so the raise alone can be lost. The signal is therefore also remembered, and code
-that must stop calls ``raise_if_terminated`` at its safe points.
+that must stop calls ``raise_if_terminated`` at its safe points. Code that must not be interrupted at an
+arbitrary point at all (an event loop's start: uvloop left half set up stays unusable for the rest of
+the process) runs inside ``sigterm_deferred``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from typing import Iterator
 
 
@@ -56,3 +59,37 @@ def terminate_on_sigterm() -> Iterator[None]:
         _depth[0] -= 1
         if _depth[0] == 0:
             _received.clear()
+
+
+class SigtermDeferral:
+    """What ``sigterm_deferred`` yields: the handler it stands in for, and the signals it noted."""
+
+    def __init__(self, previous):
+        self.previous = previous
+        self.noted: list[int] = []
+
+    def note(self, signum: int = signal.SIGTERM, frame=None) -> None:
+        self.noted.append(signum)
+
+    def pending(self) -> bool:
+        """A SIGTERM noted here, or one remembered by ``terminate_on_sigterm`` whose raise was lost."""
+        return bool(self.noted) or termination_pending()
+
+
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[SigtermDeferral | None]:
+    """Within the block a Python SIGTERM handler (``terminate_on_sigterm``'s) does not run: the signal is
+    only noted, and the code inside checks ``pending()`` where it can stop. On leaving, the handler is
+    restored and a noted signal is delivered to it (so it raises there, outside the block). The default
+    and ignoring handlers are left in force (yields None): they raise nothing that could be lost."""
+    if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGTERM)):
+        yield None
+        return
+    deferral = SigtermDeferral(signal.getsignal(signal.SIGTERM))
+    signal.signal(signal.SIGTERM, deferral.note)
+    try:
+        yield deferral
+    finally:
+        signal.signal(signal.SIGTERM, deferral.previous)
+        if deferral.noted:
+            signal.raise_signal(signal.SIGTERM)

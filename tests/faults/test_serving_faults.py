@@ -260,6 +260,43 @@ def test_sigterm_while_tokens_stream_always_stops_the_load(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before, "the SIGTERM handler from before the run is restored"
 
 
+def test_sigterm_inside_the_event_loops_setup_stops_the_load_and_spares_the_next(tmp_path, monkeypatch):
+    """A raise inside uvloop's loop setup left that loop running and the signal wake-up fd set: the run
+    ended, but every later event loop of the process failed ("this event loop is already running", "the
+    fd must be in non-blocking mode"; a fresh clone's CI saw 8 serving tests fail that way after one
+    signal). Here the signal lands exactly there: uvloop's setup looks its signal fd up in a
+    WeakValueDictionary, in Python, where a handler runs."""
+    import weakref
+
+    pytest.importorskip("uvloop")
+    spec, srv = _loopback("--token-delay", "0.001", log=tmp_path / "s.log")
+    reqs = [Request(id=f"q{i}", prompt_token_ids=(1, 2, 3), max_tokens=8) for i in range(40)]
+    settings = LoadSettings(url=srv.base_url + "/v1/completions", request_timeout_s=30, progress=False)
+    lookup, armed = weakref.WeakValueDictionary.__getitem__, [True]
+
+    def lookup_with_a_signal(self, key):
+        if armed and armed.pop():
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lookup(self, key)
+
+    def load():
+        return run_load(reqs, make_schedule(len(reqs), 200.0, seed=0), lambda r: spec.body(r, "loopback"), settings)
+
+    with srv:
+        with terminate_on_sigterm():
+            ours = signal.getsignal(signal.SIGTERM)
+            monkeypatch.setattr(weakref.WeakValueDictionary, "__getitem__", lookup_with_a_signal)
+            started = time.monotonic()
+            with pytest.raises(Terminated):
+                load()
+            monkeypatch.undo()
+            assert not armed, "no WeakValueDictionary lookup ran, so no signal was sent"
+            assert time.monotonic() - started < 3.0, "the load ran on after a SIGTERM"
+            assert signal.getsignal(signal.SIGTERM) is ours
+        done = load()
+    assert len(done) == len(reqs) and all(c.ok for c in done)
+
+
 class _SigtermInFinalizer:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGTERM)

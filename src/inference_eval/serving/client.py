@@ -23,7 +23,6 @@ import contextlib
 import gc
 import json
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -32,7 +31,7 @@ import aiohttp
 
 from inference_eval.requests import Completion, Request
 from inference_eval.serving.schedule import Schedule
-from inference_eval.termination import raise_if_terminated, termination_pending
+from inference_eval.termination import SigtermDeferral, raise_if_terminated, sigterm_deferred
 
 # Start the first request a little after t0 so that task creation for the run is not counted as lag.
 START_LEAD_S = 0.05
@@ -270,29 +269,30 @@ def _quiet_gc():
         gc.unfreeze()
 
 
-async def _cancelled_by_sigterm(coro, caught: list):
+async def _cancelled_by_sigterm(coro, deferral: SigtermDeferral | None):
     """Run ``coro`` with SIGTERM delivered through the event loop: it cancels the run and is noted in
-    ``caught``. A ``signal.signal`` handler that raises (``terminate_on_sigterm``) must not run inside
-    the loop: uvloop runs it inside whatever callback is current, and one inside a transport's
-    ``data_received`` is logged as a fatal transport error and swallowed, so the run goes on."""
-    if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGTERM)):
+    ``deferral`` (``sigterm_deferred``, whose handler gets it once the loop is gone). A ``signal.signal``
+    handler that raises (``terminate_on_sigterm``) must not run inside the loop: uvloop runs it inside
+    whatever callback is current, and one inside a transport's ``data_received`` is logged as a fatal
+    transport error and swallowed, so the run goes on."""
+    if deferral is None:
         return await coro
     loop, main = asyncio.get_running_loop(), asyncio.current_task()
-    previous = signal.getsignal(signal.SIGTERM)
+    in_force = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm() -> None:
-        caught.append(previous)
+        deferral.note()
         main.cancel()
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        if termination_pending():  # one whose raise was lost before the loop took over the signal
+        if deferral.pending():  # noted while the loop started, or one whose raise was lost before
             coro.close()
             on_sigterm()
             await asyncio.sleep(0)  # the cancellation lands here
         return await coro
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, in_force)
 
 
 def _event_loop_runner(coro):
@@ -306,16 +306,20 @@ def _event_loop_runner(coro):
 def run_load(requests: Sequence[Request], schedule: Schedule, body_for: BodyBuilder,
              settings: LoadSettings) -> list[ServedCompletion]:
     """Blocking wrapper around :func:`run_load_async` (uvloop where installed). A SIGTERM during the run
-    cancels it; the SIGTERM handler that was installed before then runs here, outside the loop."""
-    caught: list = []
-    try:
-        with _quiet_gc():
-            completions = _event_loop_runner(_cancelled_by_sigterm(
-                run_load_async(requests, schedule, body_for, settings), caught))
-    except asyncio.CancelledError:
-        if not caught:
-            raise
-        caught[0](signal.SIGTERM, None)
-        raise
+    cancels it; the SIGTERM handler that was installed before then runs here, outside the loop. The
+    handler is held back from the start of the loop on: a raise inside uvloop's setup left that loop
+    running and the signal wake-up fd set, and every later event loop of the process failed."""
+    cancelled = None
+    with sigterm_deferred() as deferral:
+        try:
+            with _quiet_gc():
+                completions = _event_loop_runner(_cancelled_by_sigterm(
+                    run_load_async(requests, schedule, body_for, settings), deferral))
+        except asyncio.CancelledError as exc:
+            if deferral is None or not deferral.noted:
+                raise
+            cancelled = exc  # the noted SIGTERM reaches its handler as the block ends (it raises, as a rule)
+    if cancelled is not None:
+        raise cancelled
     raise_if_terminated()
     return completions
