@@ -92,6 +92,12 @@ limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;
 # request at a time, so it gets fewer requests at lower rates.
 SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10"
 LCP_SERVE="scenario.num_requests=40 scenario.rates=[1.0,4.0] scenario.drop_first=5 scenario.drop_last=5"
+# LIB on s16k (Vicuna-7B-16k shapes, the seeded rows of limit()).
+s16k_run() { MODEL=vicuna-7b-16k sm "dataset.limit=$(limit s16k)" $REAL/batch/$1/vicuna-7b-16k/s16k.json; }
+# MODEL's GGUF and safetensors (default llama2-7b), written in the background by the bg-modelfiles step.
+model_files_in_background() {
+  background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW MODEL=${1:-llama2-7b} bash scripts/device/campaign.sh bg-modelfiles 900
+}
 FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]] profiling.ncu.timeout_s=240"
 
 case $step in
@@ -109,11 +115,11 @@ case $step in
       done
       # the long ones last, Transformers' s2l (about 2 minutes on an H100) after vLLM's s16k
       sm "dataset.limit=$(limit s2l)" $REAL/batch/{vllm,trtllm}/llama2-7b/s2l.json
-      MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
+      s16k_run vllm
       sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json
     } 2>&1 | tee "$log" ;;
   s16k)  # vLLM on s16k alone (vLLM installed on this machine by an earlier step)
-    { setup_python && MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json; } 2>&1 | tee "$log" ;;
+    { setup_python && s16k_run vllm; } 2>&1 | tee "$log" ;;
   trf)  # Transformers' s2l alone (session 3 had under 7 minutes of device time, the start included)
     { setup_python && sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json; } 2>&1 | tee "$log" ;;
   serve)
@@ -138,23 +144,23 @@ case $step in
     { source .vk3/vk-install.sh && setup_python && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
       export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
       # The model files llama.cpp and MII load, written on the CPU while the GPU profiles (device-kernel times).
-      background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW bash scripts/device/campaign.sh bg-modelfiles 900
+      model_files_in_background llama2-7b
       sm "$FINE" $REAL/modules/vllm.json
       # s16k is timed end to end: it waits for the CPU work above (and the builds) to end first.
       for b in modelfiles lcpbuild miijit; do await $b 240; done
-      MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/vllm/vicuna-7b-16k/s16k.json
+      s16k_run vllm
     } 2>&1 | tee "$log" ;;
-  bg-modelfiles)  # MODEL's GGUF and safetensors (default llama2-7b)
+  bg-modelfiles)  # started by model_files_in_background
     { m=${MODEL:-llama2-7b}; setup_python && sm "" $RESULTS/models/$m/gguf/f16.gguf $RESULTS/models/$m/weights/model.safetensors; } 2>&1 ;;
   s16kprep)  # Vicuna-7B-16k's model files for llama.cpp and MII, written in the background
-    { setup_python && background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW MODEL=vicuna-7b-16k bash scripts/device/campaign.sh bg-modelfiles 900; } 2>&1 | tee "$log" ;;
+    { setup_python && model_files_in_background vicuna-7b-16k; } 2>&1 | tee "$log" ;;
   s16kmore)  # llama.cpp and MII on s16k, after lcpbuild, miiprep and s16kprep on this machine
     { setup_python && mii_env && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite
       for b in lcpbuild miijit modelfiles; do await $b 400; done
-      for lib in llamacpp mii; do MODEL=vicuna-7b-16k sm "dataset.limit=2" $REAL/batch/$lib/vicuna-7b-16k/s16k.json; done
+      for lib in llamacpp mii; do s16k_run $lib; done
     } 2>&1 | tee "$log" ;;
   llamacpp)
-    { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300 && export PYTHONPATH=/tmp/lcpsite; fi
+    { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300; fi  # setup_python puts /tmp/lcpsite on the path
       setup_python && await modelfiles 300
       for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/llamacpp/llama2-7b/$d.json; done
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done

@@ -12,10 +12,13 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
 from inference_eval.io import write_json
+
+if TYPE_CHECKING:
+    from inference_eval.requests import Request
 
 # The rest of the harness (inference_eval.batch, traceback, resource) is imported after the
 # library: the standard modules both need are then loaded by the library's import, which is timed as

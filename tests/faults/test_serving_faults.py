@@ -23,7 +23,7 @@ from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
 from inference_eval.requests import Request
 from inference_eval.serving.client import LoadSettings, run_load
-from inference_eval.serving.launch import PortInUseError, ServerError, TAG_ENV, start_server, tagged_processes
+from inference_eval.serving.launch import PortInUseError, ServerError, start_server, tagged_processes
 from inference_eval.serving.metrics import rate_metrics
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import SERVERS, LoopbackServer
