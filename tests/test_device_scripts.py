@@ -70,3 +70,35 @@ SECONDS=0; await slow 5; echo "rc=$? waited=$SECONDS"
     assert "not done" in proc.stdout
     rc, waited = re.search(r"rc=(\d+) waited=(\d+)", proc.stdout).groups()
     assert rc == "1" and 5 <= int(waited) < 15
+
+
+def _probe_module():
+    import importlib.util
+
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("trf_step_probe", ROOT / "scripts" / "device" / "trf_step_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_probe_forecast_integrates_step_times_between_and_beyond_the_points():
+    forecast_s = _probe_module().forecast_s
+    # linear from 0.05 s at context 16 to 0.1 s at 16,000, flat past the last point
+    assert forecast_s([(16, 0.05), (16000, 0.1)], 16, 16000) == pytest.approx(0.075 * 15984)
+    assert forecast_s([(16000, 0.1), (16, 0.05)], 16000, 16100) == pytest.approx(10.0)
+    # flat before the first point, then two segments
+    assert forecast_s([(100, 0.02), (200, 0.04), (300, 0.04)], 0, 300) == pytest.approx(2 + 3 + 4)
+
+
+def test_model_tables_names_the_missing_record_and_rejects_a_bad_dataset_argument(tmp_path):
+    import sys
+
+    script = str(ROOT / "scripts" / "device" / "model_tables.py")
+    base = [sys.executable, script, "h200", "mistral-7b", "--main", "llama2-7b", "--results", str(tmp_path)]
+    missing = subprocess.run(base + ["--datasets", "s2s=200"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0
+    assert "no mistral-7b record for s2s" in missing.stderr
+    bad = subprocess.run(base + ["--datasets", "s2s"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "expected DATASET=ROWS" in bad.stderr

@@ -13,7 +13,9 @@
 #   ops in the background) | vk1 | vllm2 | vfine (carry .vk3 .pk .data .tokcache: GGUF and safetensors
 #   writers in the background; vLLM eager fine grain, then vLLM s16k on a quiet machine) | llamacpp | miiserve
 #   (s16k, which ran short of time in vfine, then ran as its own step: s16k)
-# s16k for llama.cpp and MII (not yet run): lcpbuild | miiprep | s16kprep (carry .pk .data .tokcache) | s16kmore
+# Session 5's order (s16k for llama.cpp and MII, then Mistral-7B): trfprobe + s16kprep (carry .pk .data .tokcache)
+#   | lcpbuild (carry .lcp) | miiprep (carry .mii) | a call that waits for the three | S16K_LIBS=llamacpp s16kmore
+#   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
 # Transformers on s16k does not fit one call: on s2l it took 107.5 s for two static batches of at most 701 and
 # 750 steps (about 74 ms a step), so 16,000 steps would take about 20 minutes; a call may run 10.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
@@ -152,12 +154,20 @@ case $step in
     } 2>&1 | tee "$log" ;;
   bg-modelfiles)  # started by model_files_in_background
     { m=${MODEL:-llama2-7b}; setup_python && sm "" $RESULTS/models/$m/gguf/f16.gguf $RESULTS/models/$m/weights/model.safetensors; } 2>&1 ;;
+  trfprobe)  # Transformers' decode step at contexts up to 16k, on a quiet GPU: does its s16k row fit a call?
+    { PYTHONPATH=src python3 scripts/device/trf_step_probe.py conf/model/vicuna-7b-16k.yaml "$OUT/trf_step_probe.json"
+    } 2>&1 | tee "$log" ;;
   s16kprep)  # Vicuna-7B-16k's model files for llama.cpp and MII, written in the background
     { setup_python && model_files_in_background vicuna-7b-16k; } 2>&1 | tee "$log" ;;
   s16kmore)  # llama.cpp and MII on s16k, after lcpbuild, miiprep and s16kprep on this machine
     { setup_python && mii_env && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite
       for b in lcpbuild miijit modelfiles; do await $b 400; done
-      for lib in llamacpp mii; do s16k_run $lib; done
+      for lib in ${S16K_LIBS:-llamacpp mii}; do s16k_run $lib; done  # S16K_LIBS: one per call if need be
+    } 2>&1 | tee "$log" ;;
+  gqa-lcp|gqa-trf)  # Mistral-7B (GQA) batch rows: its GGUF then llama.cpp, or Transformers (one call each)
+    { setup_python && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite M=mistral-7b
+      lib=llamacpp; [ "$step" = gqa-trf ] && lib=transformers
+      for d in s2s l2s s2l; do MODEL=$M sm "dataset.limit=$(limit $d)" $REAL/batch/$lib/$M/$d.json; done
     } 2>&1 | tee "$log" ;;
   llamacpp)
     { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300; fi  # setup_python puts /tmp/lcpsite on the path

@@ -66,3 +66,8 @@ if [ -n "$profiled" ]; then
   sm llama2-7b "profiling.libraries=[$profiled]" "results/$hw/coefficients.csv" "results/$hw/figures/module_shares.png" \
     "results/$hw/figures/time_model_fit.png"
 fi
+# A second model (Mistral-7B, GQA) that only some libraries ran: its own tables and bound, beside llama2-7b.
+gqa=()
+for d in s2s l2s s2l; do ls results/$hw/batch/*/mistral-7b/$d.json >/dev/null 2>&1 && gqa+=("$d=$(limit $d)"); done
+[ ${#gqa[@]} -eq 0 ] || .venv/bin/python scripts/device/model_tables.py "$hw" mistral-7b --main llama2-7b \
+  --datasets "${gqa[@]}" --data-root "${DATA_ROOT:-$(realpath ../shared/data)}"
