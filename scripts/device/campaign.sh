@@ -16,8 +16,8 @@
 # Session 5's order (s16k for llama.cpp and MII, then Mistral-7B): trfprobe + s16kprep (carry .pk .data .tokcache)
 #   | lcpbuild (carry .lcp) | miiprep (carry .mii) | a call that waits for the three | S16K_LIBS=llamacpp s16kmore
 #   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
-# Transformers on s16k does not fit one call: on s2l it took 107.5 s for two static batches of at most 701 and
-# 750 steps (about 74 ms a step), so 16,000 steps would take about 20 minutes; a call may run 10.
+# Transformers on s16k does not fit one call: trfprobe measured 54.6-59.2 ms a decode step at batch 2 over contexts
+# 2,048-16,000 (results/h200/probes/), so its 16,000 steps take about 941 s; a call may run 10 minutes.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).

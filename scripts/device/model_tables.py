@@ -44,7 +44,7 @@ def main() -> None:
 
     results = Path(args.results)
     out = results / args.hardware / args.model
-    tables, both = {}, {}
+    both = {}
     for dataset, limit in args.datasets:
         records = sorted((results / args.hardware / "batch").glob(f"*/{args.model}/{dataset}.json"))
         if not records:
@@ -61,7 +61,6 @@ def main() -> None:
         write_bound_table(bound, rows, {args.model: cfg}, dataset)
         table = dataset_table(records, bound)
         write_csv(out / f"{dataset}_table.csv", table)
-        tables[dataset] = table
         main_records = [results / args.hardware / "batch" / lib / args.main / f"{dataset}.json"
                         for lib in table["library"]]
         both[dataset] = dataset_table([p for p in main_records if p.exists()] + records)

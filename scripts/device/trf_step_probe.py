@@ -40,9 +40,9 @@ def timed_generate(model, ids, new_tokens: int) -> float:
 def forecast_s(points: list[tuple[int, float]], start: int, end: int) -> float:
     """Sum of step times over contexts start..end, linear between the measured points (flat outside)."""
     points = sorted(points)
-    total, ctx = 0.0, start
+    total = 0.0
     for (c0, t0), (c1, t1) in zip(points, points[1:]):
-        lo, hi = max(ctx, c0), min(end, c1)
+        lo, hi = max(start, c0), min(end, c1)
         if hi > lo:
             at = lambda c: t0 + (t1 - t0) * (c - c0) / (c1 - c0)  # noqa: E731
             total += (at(lo) + at(hi)) / 2 * (hi - lo)
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="decode steps timed at each context")
     args = parser.parse_args()
 
+    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = ModelSpec.from_config(yaml.safe_load(Path(args.model_yaml).read_text()))
@@ -88,7 +89,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     total = forecast_s(points, args.prompt, args.prompt + args.new_tokens)
     report = {"model": spec.name, "batch": args.batch, "steps_timed_per_context": args.steps,
-              "library_versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+              "library_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
               "device": torch.cuda.get_device_name(), "points": rows,
               "forecast": {"prompt": args.prompt, "new_tokens": args.new_tokens, "decode_s": round(total, 1)}}
     Path(args.out).write_text(json.dumps(report, indent=1))
