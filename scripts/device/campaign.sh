@@ -165,7 +165,7 @@ case $step in
       for lib in ${S16K_LIBS:-llamacpp mii}; do s16k_run $lib; done  # S16K_LIBS: one per call if need be
     } 2>&1 | tee "$log" ;;
   gqa-lcp|gqa-trf)  # Mistral-7B (GQA) batch rows: its GGUF then llama.cpp, or Transformers (one call each)
-    { setup_python && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite M=mistral-7b
+    { setup_python && export PYTHONPATH=$PYTHONPATH:/tmp/lcpsite; M=mistral-7b
       lib=llamacpp; [ "$step" = gqa-trf ] && lib=transformers
       for d in s2s l2s s2l; do MODEL=$M sm "dataset.limit=$(limit $d)" $REAL/batch/$lib/$M/$d.json; done
     } 2>&1 | tee "$log" ;;

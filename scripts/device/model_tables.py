@@ -3,7 +3,8 @@
 The pipeline's ``results/<hw>/<dataset>_table.csv`` crosses every model with every library, and the
 campaign ran only some libraries on the second model (Mistral-7B, for GQA): its rows go to their own
 folder instead, from the same record and bound functions the report rules use, one table per dataset,
-plus a figure of both models for the libraries that ran both. Run here, after report.sh:
+plus a figure of both models for the libraries that ran both. report.sh runs it last (it needs the datasets
+report.sh builds); by hand:
 
     .venv/bin/python scripts/device/model_tables.py h200 mistral-7b --main llama2-7b \
         --datasets s2s=200 l2s=64 s2l=16 --data-root ../shared/data
