@@ -139,3 +139,35 @@ def test_transformers_run_batch_end_to_end(tmp_path):
     assert 0 <= record["exit_time_s"] < record["worker_wall_s"]
     phases = ("import_time_s", "load_time_s", "warmup_time_s", "total_time_s", "close_time_s", "exit_time_s")
     assert sum(record[k] for k in phases) < record["worker_wall_s"] < record["harness_wall_s"]
+
+
+def test_repeats_time_every_run_and_give_an_interval(tmp_path):
+    """Three timed runs of the dataset in one loaded engine: each checked, the mean and its 95 % interval."""
+    cfg = job_config("transformers", batch_size=4, attn_implementation="sdpa")
+    cfg["scenario"]["repeats"] = 3
+    tiny_model_dir(tmp_path / "model", cfg["model"])
+    record, _ = _run(tmp_path, cfg)
+    assert record["status"] == "ok", record["reason"]
+    times = record["repeat_times_s"]
+    assert record["repeats"] == 3 and len(times) == 3 and all(t > 0 for t in times)
+    assert record["total_time_s"] == pytest.approx(sum(times) / 3)
+    assert record["total_time_ci95_lo_s"] < record["total_time_s"] < record["total_time_ci95_hi_s"]
+    assert record["token_throughput_ci95_lo_tok_s"] < record["token_throughput_tok_s"], times
+    if record["total_time_ci95_lo_s"] > 0:  # a tiny model on a shared CPU can vary by more than its mean
+        assert record["token_throughput_tok_s"] < record["token_throughput_ci95_hi_tok_s"]
+    else:
+        assert record["token_throughput_ci95_hi_tok_s"] is None
+    assert record["total_time_cv"] > 0
+    assert record["fairness"]["repeats"] == 3 and "3 timed run(s)" in record["fairness"]["repeats_method"]
+    assert record["warmup_repeats"] == 0 and record["warmup_repeats_time_s"] is None  # the CPU profile's default
+
+
+def test_warmup_repeats_run_the_dataset_untimed_first(tmp_path):
+    cfg = job_config("transformers", batch_size=4, attn_implementation="sdpa")
+    cfg["scenario"]["repeats"], cfg["scenario"]["warmup_repeats"] = 2, 1
+    tiny_model_dir(tmp_path / "model", cfg["model"])
+    record, _ = _run(tmp_path, cfg)
+    assert record["status"] == "ok", record["reason"]
+    assert record["warmup_repeats"] == 1 and record["warmup_repeats_time_s"] > 0
+    assert len(record["repeat_times_s"]) == 2
+    assert "and 1 untimed run(s) of the whole dataset" in record["fairness"]["repeats_method"]

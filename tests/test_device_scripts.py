@@ -102,3 +102,27 @@ def test_model_tables_names_the_missing_record_and_rejects_a_bad_dataset_argumen
     assert "no mistral-7b record for s2s" in missing.stderr
     bad = subprocess.run(base + ["--datasets", "s2s"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "expected DATASET=ROWS" in bad.stderr
+
+
+def test_fairness_summary_puts_the_committed_rows_side_by_side(tmp_path):
+    """FAIRNESS.md's numbers are the CSVs' own: vLLM's l2s row at 32 req/s before and after, and the gap to MII."""
+    import sys
+
+    import pandas as pd
+
+    script = str(ROOT / "scripts" / "device" / "fairness_summary.py")
+    hw = ROOT / "results" / "h200"
+    if not (hw / "before-fairness").is_dir():
+        pytest.skip("results/h200/before-fairness is not in this checkout")
+    proc = subprocess.run([sys.executable, script, str(hw)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    before = pd.read_csv(hw / "before-fairness" / "serving" / "vllm_llama2-7b_l2s.csv").set_index("rate")
+    after = pd.read_csv(hw / "serving" / "vllm_llama2-7b_l2s.csv").set_index("rate")
+    mii = pd.read_csv(hw / "serving" / "mii_llama2-7b_l2s.csv").set_index("rate")
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| 32 | 1,"))
+    assert f"{before.loc[32.0, 'token_throughput_tok_s']:,.0f} / {after.loc[32.0, 'token_throughput_tok_s']:,.0f}" in row
+    ratio = mii.loc[32.0, "tpot_s_mean"] / after.loc[32.0, "tpot_s_mean"]
+    assert f"-> {ratio:.2f}x" in proc.stdout
+    assert proc.stdout == (hw / "FAIRNESS.md").read_text()  # the committed file is current
+    empty = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
+    assert empty.returncode == 1 and "before-fairness" in empty.stderr

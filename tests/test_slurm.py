@@ -294,7 +294,9 @@ REDUCED = ("matrix.libraries=[transformers] matrix.scenarios=[batch] matrix.fine
            "matrix.datasets=[s2s]")
 # Columns that measure this run (time, memory) and may differ between two runs of the same job.
 TIMING_COLUMNS = {"total_time_s", "token_throughput_tok_s", "requests_per_s", "load_time_s",
-                  "peak_memory_gb", "efficiency"}
+                  "peak_memory_gb", "efficiency", "repeat_times_s", "repeat_note", "total_time_ci95_lo_s",
+                  "total_time_ci95_hi_s", "total_time_cv", "token_throughput_ci95_lo_tok_s",
+                  "token_throughput_ci95_hi_tok_s"}
 
 
 def _table(path: Path) -> list[dict]:

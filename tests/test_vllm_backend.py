@@ -56,5 +56,11 @@ def test_vllm_cpu_generates_exact_lengths_through_the_harness(tmp_path):
     assert record["library_versions"]["vllm"]
     assert record["load_time_s"] > 0 and record["total_time_s"] > 0
     assert record["peak_memory_gb"] > 0
+    # the fairness manifest: prefix caching off as asked, and read back from the loaded engine itself
+    fair = record["fairness"]
+    assert fair["requested"]["prefix_caching"] is False
+    assert fair["resolved"]["prefix_caching"] is False and fair["resolved_source"] == "the loaded engine's own config"
+    assert fair["resolved"]["cuda_graphs"] is False  # enforce_eager
+    assert fair["exact"] is True and fair["n_exact"] == len(MIXED) and len(fair["requests_sha256"]) == 64
     with (out / "s2s.requests.csv").open() as fh:
         assert [int(r["output_tokens"]) for r in csv.DictReader(fh)] == [m for _, m in MIXED]

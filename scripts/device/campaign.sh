@@ -16,6 +16,8 @@
 # Session 5's order (s16k for llama.cpp and MII, then Mistral-7B): trfprobe + s16kprep (carry .pk .data .tokcache)
 #   | lcpbuild (carry .lcp) | miiprep (carry .mii) | a call that waits for the three | S16K_LIBS=llamacpp s16kmore
 #   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
+# The fairness re-run (prefix caching off, repeats 3, Transformers' automatic batch size): vk1 | vllm2
+#   (carry .vk2 .data .tokcache) | fair-serve (carry .vk3 .pk, after `source .vk3/vk-install.sh`) | fair-batch
 # Transformers on s16k does not fit one call: trfprobe measured 54.6-59.2 ms a decode step at batch 2 over contexts
 # 2,048-16,000 (results/h200/probes/), so its 16,000 steps take about 941 s; a call may run 10 minutes.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
@@ -189,6 +191,14 @@ case $step in
       setup_python && mii_env
       [ -f "$CAMPAIGN/miijit.log" ] && await miijit 300  # miiprep's JIT build, where it ran on this machine
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
+    } 2>&1 | tee "$log" ;;
+  fair-serve)  # vLLM's serving sweeps again with the fair defaults (prefix caching off), the old schedule
+    { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
+      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; done
+    } 2>&1 | tee "$log" ;;
+  fair-batch)  # vLLM and Transformers (batch_size auto) batch rows with the H200's 3 repeats
+    { setup_python && for d in s2s l2s s2l; do
+        sm "dataset.limit=$(limit $d)" $REAL/batch/{vllm,transformers}/llama2-7b/$d.json; done
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

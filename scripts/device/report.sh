@@ -71,3 +71,8 @@ gqa=()
 for d in s2s l2s s2l; do ls results/$hw/batch/*/mistral-7b/$d.json >/dev/null 2>&1 && gqa+=("$d=$(limit $d)"); done
 [ ${#gqa[@]} -eq 0 ] || .venv/bin/python scripts/device/model_tables.py "$hw" mistral-7b --main llama2-7b \
   --datasets "${gqa[@]}" --data-root "${DATA_ROOT:-$(realpath ../shared/data)}"
+# The rows kept from before the fair defaults beside their re-runs (results/<hw>/FAIRNESS.md).
+if [ -d "results/$hw/before-fairness" ]; then
+  .venv/bin/python scripts/device/fairness_summary.py "results/$hw" > "results/$hw/.FAIRNESS.md.tmp" &&
+    mv "results/$hw/.FAIRNESS.md.tmp" "results/$hw/FAIRNESS.md"
+fi

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import select
 import signal
@@ -30,8 +31,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from inference_eval import fairness
 from inference_eval.backends.base import ModelFiles
 from inference_eval.io import atomic_path, write_json
+from inference_eval.report.uncertainty import coefficient_of_variation, mean_ci95
 from inference_eval.requests import Request, load_requests, run_limits, run_requests
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
@@ -74,6 +77,29 @@ def worker_timeout_s(cfg: Mapping[str, Any]) -> float:
         return float(explicit)
     runtime_min = ((cfg.get("hardware") or {}).get("slurm") or {}).get("runtime_min") or 60
     return max(60.0, float(runtime_min) * 60 - RUNTIME_MARGIN_S)
+
+
+def batch_repeats(cfg: Mapping[str, Any], warmup: bool = False) -> int:
+    """Timed runs of the dataset: ``scenario.repeats``, else the hardware's ``scale.batch_repeats``
+    (3 on the GPU profiles, 1 on the CPU default), else 1. With ``warmup``: the untimed runs of the whole
+    dataset before them, ``scenario.warmup_repeats``, else ``scale.batch_warmup_repeats``, else 0."""
+    name, scale_name, default, least = (("warmup_repeats", "batch_warmup_repeats", 0, 0) if warmup
+                                        else ("repeats", "batch_repeats", 1, 1))
+    value = (cfg.get("scenario") or {}).get(name)
+    key = f"scenario.{name}"
+    if value is None:
+        value = ((cfg.get("hardware") or {}).get("scale") or {}).get(scale_name)
+        key = f"hardware.scale.{scale_name}"
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{key} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _warmups(cfg: Mapping[str, Any]) -> int:
+    n = (cfg.get("scenario") or {}).get("warmup_requests")
+    return 1 if n is None else int(n)
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -381,6 +407,21 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
     output_tokens = sum(r["output_tokens"] for r in rows)
     mem_gb, mem_kind = peak_memory(result, gpu)
     limit, cap = run_limits(cfg)
+    times = [float(t) for t in result.get("repeat_times_s") or ([total] if total is not None else [])]
+    _, time_lo, time_hi = (None if math.isnan(v) else v for v in mean_ci95(times))
+    cv = coefficient_of_variation(times)
+    n_exact = sum(1 for r in rows if r["ok"])
+    fair = fairness.manifest(
+        cfg, "batch", requests, exact=(status == "ok") if ran else None, n_exact=n_exact,
+        resolved=result.get("resolved_settings") or {},
+        resolved_source="the loaded engine's own config" if result.get("resolved_settings") else "",
+        dataset_manifest=manifest,
+        extra={"no_result": not ran, "repeats": len(times),
+               "warmup_repeats": result.get("warmup_repeats", 0),
+               "repeats_method": (f"{len(times)} timed run(s) of the whole dataset in one loaded engine, after "
+                                  f"{_warmups(cfg)} untimed warm-up request(s) and "
+                                  f"{result.get('warmup_repeats', 0)} untimed run(s) of the whole dataset; "
+                                  f"prefix caching as in settings")})
     return {
         "kind": "batch",
         "library": cfg["library"]["name"],
@@ -397,8 +438,15 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "input_tokens": sum(r.prompt_len for r in requests),
         "requested_output_tokens": sum(r.max_tokens for r in requests),
         "output_tokens": output_tokens,
-        "n_exact": sum(1 for r in rows if r["ok"]),
+        "n_exact": n_exact,
         "total_time_s": total,
+        "repeats": len(times),
+        "repeat_times_s": times,
+        "total_time_ci95_lo_s": time_lo if ran else None,
+        "total_time_ci95_hi_s": time_hi if ran else None,
+        "total_time_cv": cv if ran and not math.isnan(cv) else None,
+        "token_throughput_ci95_lo_tok_s": (output_tokens / time_hi) if ran and time_hi else None,
+        "token_throughput_ci95_hi_tok_s": (output_tokens / time_lo) if ran and time_lo and time_lo > 0 else None,
         "load_time_s": result.get("load_time_s"),
         "token_throughput_tok_s": (output_tokens / total) if ran else None,
         "requests_per_s": (len(requests) / total) if ran else None,
@@ -408,6 +456,8 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "max_tokens_cap": cap,
         "import_time_s": result.get("import_time_s"),
         "warmup_time_s": result.get("warmup_time_s"),
+        "warmup_repeats": result.get("warmup_repeats", 0),
+        "warmup_repeats_time_s": result.get("warmup_repeats_time_s"),
         "close_time_s": result.get("close_time_s"),
         "exit_time_s": result.get("exit_time_s"),
         "worker_wall_s": result.get("worker_wall_s"),
@@ -415,6 +465,8 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "failed_phase": result.get("phase") if status not in ("ok", "invalid") else None,
         "library_versions": result.get("versions") or {},
         "backend_stats": result.get("backend_stats") or {},
+        "prepare_time_s": result.get("prepare_time_s"),
+        "fairness": fair,
         "provenance": prov,
     }
 

@@ -70,6 +70,10 @@ class Backend(abc.ABC):
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         """Generate exactly ``r.max_tokens`` tokens for every request, EOS ignored; return ids."""
 
+    def prepare(self, requests: Sequence[Request]) -> None:
+        """Size per-workload settings before the timed call (untimed). Called after ``load`` with the
+        requests the timed ``generate`` will get (e.g. Transformers' ``batch_size: auto``); nothing by default."""
+
     def synchronize(self) -> None:
         """Wait for the device to finish queued work (timing boundaries)."""
         torch = sys.modules.get("torch")  # a library that never imported torch has nothing to sync
@@ -81,6 +85,11 @@ class Backend(abc.ABC):
         return None
 
     def versions(self) -> dict[str, Any]:
+        return {}
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """The fairness settings (``inference_eval.fairness.SETTING_KEYS``) as the loaded engine reports
+        them; ``{}`` where it reports nothing (then the manifest keeps what was asked for)."""
         return {}
 
     def close(self) -> None:

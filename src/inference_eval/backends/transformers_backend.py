@@ -7,6 +7,35 @@ Each row is then cut to its own ``max_tokens``: the extra tokens a short row com
 finishes are part of the measured time (the cost of static batching), and are reported as
 ``padded_generated_tokens`` in the backend stats.
 
+``library.batch_size`` is a positive int (8 is the paper's hand setting), ``auto`` or ``null`` (the
+default: ``auto`` on GPU hardware, ``hardware.kind == 'gpu'``, and 8 on CPU, so the CPU default run is
+the paper's). Anything else fails in ``__init__``. ``auto`` picks the largest static batch whose KV
+cache and activations fit the device: the memory model of ``inference_eval.backends.batch_sizing``
+(the worst window of ``b`` consecutive requests, 90 % of the memory free after ``load()``), then, on a
+GPU, a probe: one ``generate`` of ``b`` copies of the worst window's longest prompt (``P`` tokens)
+behind ``N - 1`` positions already in a zero-filled KV cache, making 1 new token: the cache reaches the
+batch's final ``P + N - 1`` entries while a ``P``-token prefill's activations are live (the model's
+peak, above the run's real prefill and its real last step; only ``b x P`` tokens are computed). On
+an out-of-memory error the cache is emptied and ``b * 3 // 4`` is tried, until one runs. On CPU
+there is no probe (no OOM exception there): the model decides. Peak-memory counters are reset after
+the probe, so the run's peak is the run's.
+
+The sizing happens in ``prepare(requests)``, which the batch worker calls after ``load()`` and before
+its untimed warm-up (``batch_worker.warmup_requests``: copies of the first requests with at most 2
+output tokens) and the timed ``generate(requests)``: the probe's time is ``prepare_time_s`` (and
+``batch_size_probe_s`` in the stats), never generation time. A later ``generate`` whose requests need
+no more memory at the prepared size than the prepared ones (the warm-up, the repeats) keeps it; one
+that needs more, or a ``generate`` with no ``prepare`` before it, sizes itself inside that call, and
+the stats say so (``batch_size_sized_in_generate``).
+
+Stats (``self.stats``, the record's ``backend_stats``), static mode: ``mode``, ``batch_size`` (the int
+used), ``batch_size_setting`` (``"auto"`` or the int as text, after resolving ``null``), ``batches``,
+``padded_generated_tokens``, ``attn_implementation``; with ``auto`` also ``batch_size_model_bytes``
+(the model's estimate at the chosen size, weights included), ``batch_size_budget_bytes``,
+``batch_size_free_bytes``, ``batch_size_model_fit`` (the model's own answer, before the probe),
+``batch_size_tried`` (every probed size, in order; empty on CPU), ``batch_size_probe_s``,
+``batch_size_probe_peak_bytes`` (GPU) and ``batch_size_sized_in_generate``.
+
 ``library.continuous_batching: true`` uses Transformers' continuous-batching manager instead, with a
 per-request ``max_new_tokens`` and EOS disabled (``eos_token_id=-1``: its scheduler ignores
 ``min_new_tokens``).
@@ -23,6 +52,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from inference_eval.backends import batch_sizing
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.requests import Completion, Request
 
@@ -44,10 +74,12 @@ class TransformersBackend(Backend):
     def __init__(self, cfg: dict, files):
         super().__init__(cfg, files)
         lib = cfg["library"]
-        size = lib.get("batch_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"library.batch_size must be a positive integer, got {size!r}")
-        self.batch_size = size
+        # a positive int or "auto" (null resolved by the hardware kind); BatchSizeError is a ValueError
+        self.batch_size_setting = batch_sizing.resolve_setting(lib.get("batch_size"), cfg["hardware"].get("kind"))
+        self.batch_size: int | None = None if self.batch_size_setting == batch_sizing.AUTO else self.batch_size_setting
+        self._sizing: dict[str, Any] = {}       # the auto sizing's stats
+        self._prepared_bytes: int | None = None  # the model's need at the prepared size, for the prepared requests
+        self._weight_bytes: int | None = None
         self.attn_implementation = lib.get("attn_implementation") or "sdpa"
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"library.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
@@ -82,6 +114,9 @@ class TransformersBackend(Backend):
                 self.model = AutoModelForCausalLM.from_config(
                     config, dtype=dtype, attn_implementation=self.attn_implementation)
         self.model.eval()
+        self._weight_bytes = None
+        if self.batch_size_setting == batch_sizing.AUTO:  # sized for this model, after it is loaded
+            self.batch_size, self._prepared_bytes, self._sizing = None, None, {}
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
 
@@ -91,16 +126,137 @@ class TransformersBackend(Backend):
             raise RuntimeError("TransformersBackend.generate called before load()")
         if self.continuous_batching:
             return self._generate_continuous(requests)
+        if self.batch_size_setting == batch_sizing.AUTO and requests and not self._prepared_covers(requests):
+            self._size(requests, in_generate=True)  # inside the caller's timing: the stats say so
         return self._generate_static(requests)
+
+    # -- automatic batch size -----------------------------------------------------------------
+    def prepare(self, requests: Sequence[Request]) -> None:
+        """With ``library.batch_size: auto``, size the static batch for ``requests`` (memory model, then
+        the GPU probe); untimed. Nothing to do for a fixed size or continuous batching."""
+        if self.model is None:
+            raise RuntimeError("TransformersBackend.prepare called before load()")
+        if self.continuous_batching or self.batch_size_setting != batch_sizing.AUTO or not requests:
+            return
+        self._size(requests, in_generate=False)
+
+    def _on_gpu(self) -> bool:
+        return self.model.device.type == "cuda"
+
+    def _loaded_bytes(self) -> int:
+        """Bytes of the loaded model's parameters and buffers (the memory model's weights term)."""
+        if self._weight_bytes is None:
+            tensors = list(self.model.parameters()) + list(self.model.buffers())
+            self._weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        return self._weight_bytes
+
+    def _shape(self):
+        from inference_eval.theory.ops import ModelShape
+        return ModelShape.from_config(self.cfg["model"])
+
+    def _need(self, lengths, batch_size: int) -> tuple:
+        return batch_sizing.window_memory(self._shape(), lengths, batch_size, self.attn_implementation,
+                                          weight_bytes=self._loaded_bytes())
+
+    def _prepared_covers(self, requests: Sequence[Request]) -> bool:
+        if self._prepared_bytes is None or self.batch_size is None:
+            return False
+        _, memory = self._need([(r.prompt_len, r.max_tokens) for r in requests], self.batch_size)
+        return memory.total <= self._prepared_bytes
+
+    def _size(self, requests: Sequence[Request], in_generate: bool) -> None:
+        import torch
+
+        t0 = time.perf_counter()
+        lengths = [(r.prompt_len, r.max_tokens) for r in requests]
+        weights = self._loaded_bytes()
+        on_gpu = self._on_gpu()
+        if on_gpu:
+            self._release()
+            free, _total = torch.cuda.mem_get_info(self.model.device)
+        else:
+            free = batch_sizing.cpu_free_bytes(self.cfg["hardware"].get("memory_gb") or 0, weights)
+        budget = batch_sizing.memory_budget(weights, free)
+        fit = batch_sizing.fit_batch_size(self._shape(), lengths, budget, self.attn_implementation,
+                                          weight_bytes=weights)
+        tried: list[int] = []
+        self._sizing = {"batch_size_setting": str(self.batch_size_setting), "batch_size_free_bytes": int(free),
+                        "batch_size_budget_bytes": int(budget), "batch_size_model_fit": fit.batch_size,
+                        "batch_size_tried": tried, "batch_size_sized_in_generate": in_generate}
+        chosen = max(1, fit.batch_size)
+        try:
+            if on_gpu:
+                chosen, _ = batch_sizing.probe_batch_size(
+                    chosen, lambda b: self._probe(requests, b), on_oom=self._release, tried=tried)
+                self._release()
+                torch.cuda.reset_peak_memory_stats(self.model.device)  # the run's peak is the run's
+            _, memory = self._need(lengths, chosen)
+            self.batch_size = chosen
+            self._prepared_bytes = memory.total
+            self._sizing["batch_size"] = chosen
+            self._sizing["batch_size_model_bytes"] = memory.total
+        finally:
+            self._sizing["batch_size_probe_s"] = time.perf_counter() - t0
+            self.stats = {"mode": "static", "attn_implementation": self.attn_implementation, **self._sizing}
+
+    def _probe(self, requests: Sequence[Request], batch_size: int) -> None:
+        """One ``generate`` at the peak of the worst window for ``batch_size``, 1 new token: ``batch_size``
+        copies of its longest prompt (``P`` tokens) behind ``N - 1`` positions already in the KV cache
+        (zeros, allocated, not computed). The cache then grows to the ``P + N - 1`` entries of the batch's
+        last step while the prefill's activations are those of ``P`` tokens: the memory model's peak,
+        which bounds both the real prefill (a cache of ``P``) and the real last decode step (one token's
+        activations). Prefilling all ``P + N - 1`` tokens instead would add activations the run never
+        holds (about 20 % of the cache for a 7B model) and reject sizes that fit."""
+        import torch
+        from transformers import DynamicCache
+
+        lengths = [(r.prompt_len, r.max_tokens) for r in requests]
+        window, _ = self._need(lengths, batch_size)
+        rows = requests[window.start:window.start + window.size]
+        longest = max(rows, key=lambda r: r.prompt_len)
+        b, past = window.size, window.new_tokens - 1
+        device = self.model.device
+        config = self.model.config
+        cache = None
+        if past:
+            cache = DynamicCache(config=config)
+            text = config.get_text_config(decoder=True)
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            kv_shape = (b, text.num_key_value_heads, past, head_dim)
+            for layer in range(text.num_hidden_layers):
+                cache.update(torch.zeros(kv_shape, dtype=self.model.dtype, device=device),
+                             torch.zeros(kv_shape, dtype=self.model.dtype, device=device), layer)
+        ids = torch.full((b, past + longest.prompt_len), self.pad_token_id, dtype=torch.long)
+        ids[:, past:] = torch.tensor(longest.prompt_token_ids, dtype=torch.long)
+        mask = torch.ones_like(ids)
+        on_gpu = device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
+                max_new_tokens=1, min_new_tokens=1, do_sample=False, num_beams=1, pad_token_id=self.pad_token_id)
+        del out, cache
+        self.synchronize()
+        if on_gpu:
+            self._sizing["batch_size_probe_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+
+    def _release(self) -> None:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _generate_static(self, requests: Sequence[Request]) -> list[Completion]:
         import torch
 
         completions: list[Completion] = []
         padded_generated = 0
-        batches = [requests[i:i + self.batch_size] for i in range(0, len(requests), self.batch_size)]
+        size = self.batch_size or 1  # None only for auto with no requests to size for
+        batches = [requests[i:i + size] for i in range(0, len(requests), size)]
         with torch.inference_mode():
-            for batch in tqdm(batches, desc=f"TRF static batches of {self.batch_size}", unit="batch",
+            for batch in tqdm(batches, desc=f"TRF static batches of {size}", unit="batch",
                               mininterval=2.0):
                 new_tokens = max(r.max_tokens for r in batch)
                 input_ids, attention_mask = self._left_pad(batch)
@@ -113,9 +269,12 @@ class TransformersBackend(Backend):
                 for r, ids in zip(batch, generated):
                     completions.append(Completion(id=r.id, output_token_ids=ids[:r.max_tokens],
                                                   requested_tokens=r.max_tokens, prompt_tokens=r.prompt_len))
-        self.stats = {"mode": "static", "batch_size": self.batch_size, "batches": len(batches),
+        self.stats = {"mode": "static", "batch_size": size,
+                      "batch_size_setting": str(self.batch_size_setting), "batches": len(batches),
                       "attn_implementation": self.attn_implementation,
                       "padded_generated_tokens": padded_generated}
+        if self.batch_size_setting == batch_sizing.AUTO:
+            self.stats.update({k: v for k, v in self._sizing.items() if k != "batch_size"})
         return completions
 
     def _left_pad(self, batch: Sequence[Request]):
@@ -187,6 +346,12 @@ class TransformersBackend(Backend):
         import torch
         if self.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.synchronize()
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """With ``auto``, the static batch size it chose (the config says only "auto")."""
+        if self.continuous_batching or self.batch_size_setting != batch_sizing.AUTO or self.batch_size is None:
+            return {}
+        return {"batching": f"static batches of {self.batch_size} (library.batch_size auto)"}
 
     def versions(self) -> dict[str, Any]:
         import torch

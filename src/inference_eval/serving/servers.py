@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Callable
 
 from inference_eval.backends.base import ModelFiles
 from inference_eval.backends.llamacpp_backend import context_length
+from inference_eval.fairness import prefix_caching_setting
 from inference_eval.requests import Request
 
 
@@ -39,6 +41,43 @@ class LaunchCommand:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     secret_env: tuple[str, ...] = ()   # env names whose values must never be logged
+
+
+@dataclass
+class PrefixCacheCounters:
+    """Cumulative counters of prompt tokens looked up in, and served from, a server's prefix cache.
+    ``queried`` None: the server reports only hits; the sweep then divides by the prompts it sent."""
+
+    hit_tokens: float
+    queried_tokens: float | None
+    source: str
+
+
+def _prometheus_sum(text: str, name: str) -> float | None:
+    """Sum of every sample of metric ``name`` (all label sets) in a Prometheus text exposition."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            try:
+                total += float(line.rsplit(None, 1)[-1])
+                seen = True
+            except ValueError:
+                continue
+    return total if seen else None
+
+
+def fetch_text(url: str, api_key: str | None, timeout_s: float = 10.0) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return resp.read().decode("utf-8", "replace")
+
+
+# llama-cpp-python (Llama.generate, verbose) logs each reuse of the previous request's tokens.
+_LLAMACPP_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 
 
 class ServerSpec:
@@ -63,6 +102,14 @@ class ServerSpec:
 
     def body(self, request: Request, model_name: str, prompt_text: str | None = None) -> dict:
         raise NotImplementedError
+
+    def prefix_cache_counters(self, base_url: str, log_path: Path, api_key: str | None) -> PrefixCacheCounters | None:
+        """Cumulative prompt tokens served from the engine's prefix cache so far (None: not reported)."""
+        return None
+
+    def resolved_settings(self, log_text: str) -> dict:
+        """Fairness settings the server says it resolved (from its log); ``{}`` when it says nothing."""
+        return {}
 
     def check_files(self, files: ModelFiles) -> None:
         for attr in self.needs:
@@ -104,6 +151,13 @@ class VllmServer(ServerSpec):
             argv += ["--max-model-len", str(lib["max_model_len"])]
         if lib.get("enforce_eager"):
             argv.append("--enforce-eager")
+        # Settings that change what is measured (inference_eval.fairness): always explicit. The sweep
+        # re-sends the same prompts at every rate, so a prefix cache would serve them from memory.
+        argv.append("--enable-prefix-caching" if prefix_caching_setting(cfg) else "--no-enable-prefix-caching")
+        if lib.get("chunked_prefill") is not None:
+            argv.append("--enable-chunked-prefill" if lib["chunked_prefill"] else "--no-enable-chunked-prefill")
+        if lib.get("kv_cache_dtype") and str(lib["kv_cache_dtype"]) != "auto":
+            argv += ["--kv-cache-dtype", str(lib["kv_cache_dtype"])]
         env = {}
         if _is_cpu(cfg):
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -121,6 +175,22 @@ class VllmServer(ServerSpec):
                 "ignore_eos": True, "temperature": 0.0, "stream": True, "return_token_ids": True,
                 "stream_options": {"include_usage": True}}
 
+    def prefix_cache_counters(self, base_url, log_path, api_key):
+        # vLLM v1's Prometheus counters (tokens): vllm:prefix_cache_queries / vllm:prefix_cache_hits
+        try:
+            text = fetch_text(base_url + "/metrics", api_key)
+        except OSError:
+            return None
+        queried = _prometheus_sum(text, "vllm:prefix_cache_queries_total")
+        hits = _prometheus_sum(text, "vllm:prefix_cache_hits_total")
+        if hits is None or queried is None:
+            return None
+        return PrefixCacheCounters(hits, queried, "vLLM /metrics: vllm:prefix_cache_hits / vllm:prefix_cache_queries")
+
+    def resolved_settings(self, log_text):
+        from inference_eval.fairness import vllm_settings_from_log
+        return vllm_settings_from_log(log_text)
+
 
 class LlamaCppServer(ServerSpec):
     library = "llamacpp"
@@ -137,7 +207,10 @@ class LlamaCppServer(ServerSpec):
         lib = cfg["library"]
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
                 "--model_alias", self.served_name(cfg, files), "--host", host, "--port", str(port),
-                "--n_ctx", str(context_length(cfg)), "--interrupt_requests", "False"]
+                "--n_ctx", str(context_length(cfg)), "--interrupt_requests", "False",
+                # LlamaCache off (its default, made explicit); verbose on (its default) logs every reuse of
+                # the previous request's prefix, which prefix_cache_counters counts
+                "--cache", "False", "--verbose", "True"]
         if not _is_cpu(cfg):
             argv += ["--n_gpu_layers", str(lib.get("n_gpu_layers", -1))]
         else:
@@ -156,6 +229,14 @@ class LlamaCppServer(ServerSpec):
         n = request.max_tokens
         return {"model": model_name, "prompt": prompt_text or "", "max_tokens": n, "min_tokens": n,
                 "temperature": 0.0, "stream": True}
+
+    def prefix_cache_counters(self, base_url, log_path, api_key):
+        try:
+            text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        hits = sum(int(m) for m in _LLAMACPP_PREFIX_HIT.findall(text))
+        return PrefixCacheCounters(float(hits), None, "server log: llama-cpp-python's 'prefix-match hit' lines")
 
 
 class TransformersServer(ServerSpec):

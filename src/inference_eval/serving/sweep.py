@@ -19,13 +19,14 @@ from typing import Sequence
 
 import pandas as pd
 
+from inference_eval import fairness
 from inference_eval.backends.base import ModelFiles
 from inference_eval.io import write_csv, write_json
 from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server
-from inference_eval.serving.metrics import rate_metrics
+from inference_eval.serving.metrics import CI_COLUMNS, rate_metrics
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
@@ -36,8 +37,13 @@ METRIC_COLUMNS = (
     "n_failed_total", "failures", "first_error", "duration_s", "output_tokens", "sequence_throughput_req_s",
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
-    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s")
-COLUMNS = IDENTITY + METRIC_COLUMNS
+    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS)
+# The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
+# the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
+FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
+                    "prefix_cache_hit_rate", "prefix_cache_hit_tokens", "prefix_cache_query_tokens",
+                    "prefix_cache_source", "sampling", "prompt_route", "engine_settings")
+COLUMNS = IDENTITY + METRIC_COLUMNS + FAIRNESS_COLUMNS
 WARMUP_TOKENS = 4
 
 
@@ -210,10 +216,25 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
         return finish("not_installed", reason)
     try:
         spec.check_files(files)
-        requests = build_requests(load_requests(rows_path), settings.num_requests, settings.max_tokens_cap)
+        rows_used = load_requests(rows_path, limit=run_limits(cfg)[0])
+        requests = build_requests(rows_used, settings.num_requests, settings.max_tokens_cap)
         texts = prompt_texts(requests, files.hf_dir) if spec.prompt_as_text else {}
     except (FileNotFoundError, ValueError, OSError) as exc:
         return finish("failed", f"cannot prepare the run: {exc}")
+    # The distinct dataset rows this sweep sends (cycled to num_requests): what the gate compares.
+    distinct = requests[:min(len(rows_used), len(requests))]
+    fair_base = {"settings": fairness.requested_settings(cfg, "serving"),
+                 "requests_sha256": fairness.requests_sha256(distinct),
+                 "row_limit": (cfg.get("dataset") or {}).get("limit"),
+                 "max_tokens_cap": settings.max_tokens_cap}
+
+    def with_manifest(row: dict) -> dict:
+        eff = fair_base["settings"]
+        row.update(requests_sha256=fair_base["requests_sha256"], row_limit=fair_base["row_limit"],
+                   max_tokens_cap=fair_base["max_tokens_cap"], exact=row.get("status") == "ok",
+                   prefix_caching=eff.get("prefix_caching"), sampling=eff.get("sampling"),
+                   prompt_route=eff.get("prompt_route"), engine_settings=json.dumps(eff, sort_keys=True, default=str))
+        return row
 
     model_name = spec.served_name(cfg, files)
 
@@ -231,13 +252,24 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                                   tag=f"ie-sweep-{uuid.uuid4().hex[:12]}")
             raise_if_terminated()
             record["server_command"] = server.argv_logged
+            resolved = spec.resolved_settings(_read_log(log_path))
+            if resolved:
+                fair_base["settings"] = {**fair_base["settings"], **resolved}
+            record["fairness"] = fairness.manifest(
+                cfg, "serving", distinct, exact=None, resolved=resolved,
+                resolved_source="the server's start-up log" if resolved else "",
+                dataset_manifest=_dataset_manifest(rows_path),
+                extra={"num_requests": settings.num_requests, "rates": settings.rates,
+                       "cycled": len(requests) > len(distinct)})
             load = LoadSettings(url=server.base_url + spec.completions_path,
                                 request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
                                 api_key=settings.api_key, length_from_finish_reason=spec.length_from_finish_reason)
             _warm_up(requests[0], lambda probe: spec.body(probe, model_name, texts.get(requests[0].id)), load,
                      settings.warmup_timeout_s, server)
             for rate in settings.rates:
-                rows.append(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident))
+                counters = (spec, server, settings.api_key)
+                rows.append(with_manifest(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
+                                                    counters)))
                 raise_if_terminated()
         except ServerError as exc:
             msg = str(exc).splitlines()[0]
@@ -250,6 +282,10 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                 server.stop()
     statuses = {r["status"] for r in rows}
     overall = "ok" if statuses == {"ok"} else ("failed" if statuses == {"failed"} else "invalid")
+    if record.get("fairness"):
+        record["fairness"]["exact"] = overall == "ok"
+        record["fairness"]["prefix_cache_hit_rate_by_rate"] = {
+            f"{r['rate']:g}": r.get("prefix_cache_hit_rate") for r in rows}
     reasons = "; ".join(f"rate {r['rate']:g}: {r['reason']}" for r in rows if r["reason"])
     return finish(overall, reasons)
 
@@ -269,17 +305,55 @@ def _warm_up(first: Request, body_for, load: LoadSettings, timeout_s: float, ser
         raise ServerError(f"warm-up request failed: {c.error or 'wrong length'}; server log ends: {tail[-400:]}")
 
 
+def _read_log(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _dataset_manifest(rows_path: str | Path) -> dict:
+    try:
+        return json.loads(Path(rows_path).with_name("manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def prefix_cache_share(before, after, prompt_tokens_sent: int) -> dict:
+    """This rate's prompt tokens served from the server's prefix cache, from cumulative counters read
+    before and after it (the denominator: the server's own lookups, else the prompt tokens we sent)."""
+    if before is None or after is None:
+        return {"prefix_cache_hit_rate": float("nan"), "prefix_cache_hit_tokens": float("nan"),
+                "prefix_cache_query_tokens": float("nan"), "prefix_cache_source": "not reported by this server"}
+    hits = after.hit_tokens - before.hit_tokens
+    queried = None
+    if after.queried_tokens is not None and before.queried_tokens is not None:
+        queried = after.queried_tokens - before.queried_tokens
+    if not queried:  # hits only, or no lookups counted (vLLM with caching off): over the prompts sent
+        queried = float(prompt_tokens_sent)
+    return {"prefix_cache_hit_rate": hits / queried if queried > 0 else float("nan"),
+            "prefix_cache_hit_tokens": hits, "prefix_cache_query_tokens": queried,
+            "prefix_cache_source": after.source}
+
+
 def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: ServingSettings,
-              server: ServerProcess, run_dir: Path, ident: dict) -> dict:
+              server: ServerProcess, run_dir: Path, ident: dict, counters=None) -> dict:
     if not server.alive():
         raise ServerError(f"server exited with code {server.returncode()} before rate {rate:g}: "
                           f"{server.log_tail(300)!r}")
+    spec, _, api_key = counters if counters else (None, None, None)
+
+    def read_counters():
+        return spec.prefix_cache_counters(server.base_url, server.log_path, api_key) if spec else None
+
     schedule = make_schedule(len(requests), rate, settings.arrival, settings.burstiness, settings.seed)
+    before = read_counters()
     completions = run_load(requests, schedule, body_for, load)
+    cache = prefix_cache_share(before, read_counters(), sum(r.prompt_len for r in requests))
     write_csv(run_dir / f"requests_rate{rate:g}.csv", _request_rows(completions, rate))
     status, reason = _rate_status(completions)
     if not server.alive():
         status = "failed" if status == "failed" else "invalid"
         reason = f"server exited with code {server.returncode()} during this rate; " + reason
-    metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last)
-    return {**ident, "rate": rate, "status": status, "reason": reason, **metrics}
+    metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last, seed=settings.seed)
+    return {**ident, "rate": rate, "status": status, "reason": reason, **metrics, **cache}

@@ -1,0 +1,113 @@
+"""Before and after the fair defaults, side by side, from the records themselves:
+    python scripts/device/fairness_summary.py results/h200 > results/h200/FAIRNESS.md   (report.sh runs it)
+
+Reads the rows kept from before (``<hw>/before-fairness/``: vLLM's serving sweeps with its prefix cache on,
+the batch records of one run each, Transformers at static batch 8) and the re-run ones in their usual
+places, and prints Markdown tables: vLLM serving per rate, vLLM against MII at the same rates, and the
+batch rows with their repeats. Every number comes from a CSV or record under ``<hw>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+SERVING = ("token_throughput_tok_s", "ttft_s_p50", "tpot_s_mean", "e2e_s_p99")
+_LOG_HIT = re.compile(r"Prefix cache hit rate: ([\d.]+)%")
+
+
+def _ms(v: float) -> str:
+    return f"{v * 1e3:,.1f} ms" if v < 1 else f"{v:,.2f} s"
+
+
+def _last_logged_hit_rate(run_dir: Path) -> str:
+    """vLLM's own periodic log line (a running share since the server started) at the sweep's end."""
+    try:
+        hits = _LOG_HIT.findall((run_dir / "server.log").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return "n/a"
+    return f"{float(hits[-1]):.1f} % (server log, cumulative)" if hits else "n/a"
+
+
+def serving_tables(hw: Path, dataset: str) -> list[str]:
+    before = pd.read_csv(hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv")
+    after = pd.read_csv(hw / "serving" / f"vllm_llama2-7b_{dataset}.csv")
+    mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
+    mii = pd.read_csv(mii_path) if mii_path.exists() else None
+    old_hit = _last_logged_hit_rate(hw / "before-fairness" / "serving" / "runs" / f"vllm_llama2-7b_{dataset}")
+    out = [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
+           f"Before: vLLM 0.24's default (prefix caching on); its log's last hit-rate line: {old_hit}. "
+           "After: `--no-enable-prefix-caching`, hit rate per rate from vLLM's `/metrics` counters.", "",
+           "| rate (req/s) | tok/s before / after | TTFT p50 before / after (95 % CI) | TPOT mean before / after "
+           "| E2E p99 before / after | prompt tokens from cache, after | exact |",
+           "|---|---|---|---|---|---|---|"]
+    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
+        ci = f"{_ms(a['ttft_s_p50_ci_lo'])}-{_ms(a['ttft_s_p50_ci_hi'])}" if "ttft_s_p50_ci_lo" in a else ""
+        out.append(f"| {a['rate']:g} | {b['token_throughput_tok_s']:,.0f} / {a['token_throughput_tok_s']:,.0f} "
+                   f"| {_ms(b['ttft_s_p50'])} / {_ms(a['ttft_s_p50'])} ({ci}) "
+                   f"| {_ms(b['tpot_s_mean'])} / {_ms(a['tpot_s_mean'])} | {_ms(b['e2e_s_p99'])} / {_ms(a['e2e_s_p99'])} "
+                   f"| {a['prefix_cache_hit_rate']:.1%} | {int(a['n_ok'])}/{int(a['n_measured'])} |")
+    if mii is not None:
+        out += ["", f"vLLM against MII on {dataset} (MII's rows as published: FastGen has no prefix cache, but the "
+                "rows predate the manifest, so the gate marks them; ratios are MII / vLLM, above 1 = vLLM better):", "",
+                "| rate | TPOT mean MII / vLLM, before -> after | E2E p99 MII / vLLM, before -> after "
+                "| TTFT p50 MII / vLLM, before -> after |", "|---|---|---|---|"]
+        for rate in after["rate"]:
+            m = mii[mii["rate"] == rate]
+            if m.empty:
+                continue
+            m, b, a = m.iloc[0], before[before["rate"] == rate].iloc[0], after[after["rate"] == rate].iloc[0]
+            cells = [f"{m[k] / b[k]:.2f}x -> {m[k] / a[k]:.2f}x" for k in ("tpot_s_mean", "e2e_s_p99", "ttft_s_p50")]
+            out.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _record(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def batch_table(hw: Path) -> list[str]:
+    out = ["### Batch rows: one run before, 3 repeats after (mean, 95 % Student-t interval, every repeat)", "",
+           "| library | dataset | before: time, tok/s | after: mean time (95 % CI), tok/s | repeat times (s) "
+           "| batching after | exact |", "|---|---|---|---|---|---|---|"]
+    for lib in ("vllm", "transformers"):
+        for d in ("s2s", "l2s", "s2l"):
+            b = _record(hw / "before-fairness" / "batch" / lib / "llama2-7b" / f"{d}.json")
+            a = _record(hw / "batch" / lib / "llama2-7b" / f"{d}.json")
+            if not (a and b):
+                continue
+            lo, hi = a.get("total_time_ci95_lo_s"), a.get("total_time_ci95_hi_s")
+            ci = f"{lo:.3g} to {hi:.3g}" if lo is not None and hi is not None else "n/a"
+            batching = (a.get("fairness") or {}).get("settings", {}).get("batching", "")
+            before_batching = "static batch 8" if lib == "transformers" else "prefix caching on, vLLM's default"
+            out.append(f"| {lib} | {d} | {b['total_time_s']:.3g} s, {b['token_throughput_tok_s']:,.0f} ({before_batching}) "
+                       f"| {a['total_time_s']:.3g} s ({ci}), {a['token_throughput_tok_s']:,.0f} "
+                       f"| {' '.join(f'{t:.3g}' for t in a.get('repeat_times_s') or [])} | {batching} "
+                       f"| {a['n_exact']}/{a['n_requests']} |")
+    return out + [""]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__.strip().splitlines()[1], file=sys.stderr)
+        return 2
+    hw = Path(argv[1])
+    if not (hw / "before-fairness").is_dir():
+        print(f"fairness_summary: {hw / 'before-fairness'} does not exist: nothing to compare", file=sys.stderr)
+        return 1
+    lines = [f"# {hw.name}: before and after the fair defaults", "",
+             "Generated by `scripts/device/fairness_summary.py` from the CSVs and records under this folder "
+             "(`before-fairness/` holds the rows as first published). docs/fairness.md says what changed.", ""]
+    for d in ("s2s", "l2s"):
+        lines += serving_tables(hw, d)
+    lines += batch_table(hw)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
