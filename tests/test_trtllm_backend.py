@@ -117,3 +117,29 @@ def test_not_installed_reason(monkeypatch):
     with pytest.raises(BackendUnavailable, match="tensorrt_llm not installed: its wheels are not on PyPI"):
         TrtLlmBackend.check_available()
     assert TrtLlmBackend(job_cfg(), ModelFiles()).versions() == {}
+
+
+def test_kv_block_reuse_follows_prefix_caching(tmp_path, monkeypatch):
+    """TensorRT-LLM reuses KV blocks across requests by default; the backend turns that off (the fair
+    default) through KvCacheConfig, and the manifest's resolved settings say so."""
+    from inference_eval.backends.trtllm_backend import TrtLlmBackend
+
+    state = fake_trtllm(monkeypatch)
+    llmapi = types.ModuleType("tensorrt_llm.llmapi")
+
+    class KvCacheConfig:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    llmapi.KvCacheConfig = KvCacheConfig
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.llmapi", llmapi)
+    files = ModelFiles(hf_dir="/m/hf", engine_record=str(engine_record(tmp_path)))
+    b = TrtLlmBackend(job_cfg(), files)
+    b.load()
+    assert state["init"]["kv_cache_config"].kwargs == {"enable_block_reuse": False}
+    assert b.resolved_settings() == {"prefix_caching": False}
+    cfg = job_cfg()
+    cfg["library"]["prefix_caching"] = True
+    b = TrtLlmBackend(cfg, files)
+    b.load()
+    assert state["init"]["kv_cache_config"].kwargs == {"enable_block_reuse": True}

@@ -5,7 +5,8 @@ API: ``LLM(model=engine_dir, tokenizer=hf_dir)`` loads a saved engine (see
 sampling_params=[...], use_tqdm=False)`` takes token-id prompts with one ``SamplingParams`` per prompt
 and schedules them all together (in-flight batching); each ``RequestOutput.outputs[0].token_ids``
 holds the generated ids. Lengths are forced with ``SamplingParams(max_tokens=n, ignore_eos=True)``;
-decoding is greedy (``top_k=1``) and the output is not detokenized.
+decoding is greedy (``top_k=1``) and the output is not detokenized. KV-block reuse across requests
+(TensorRT-LLM's prefix cache, on by its default) follows ``library.prefix_caching`` (off).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
+from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.trtllm_engine import TrtLlmNotInstalled, import_trtllm, read_engine_record
 from inference_eval.requests import Completion, Request
 
@@ -57,10 +59,26 @@ class TrtLlmBackend(Backend):
         cls = self._sampling_params_cls
         return [cls(max_tokens=int(r.max_tokens), ignore_eos=True, top_k=1, detokenize=False) for r in requests]
 
+    def kv_cache_config(self):
+        """``KvCacheConfig(enable_block_reuse=library.prefix_caching)``: TensorRT-LLM reuses KV blocks
+        across requests that share a prefix unless told not to (its default is on); None where this
+        tensorrt_llm has no ``llmapi.KvCacheConfig`` (the stats then say the reuse is at its default)."""
+        try:
+            from tensorrt_llm.llmapi import KvCacheConfig
+        except ImportError:
+            self.stats["kv_block_reuse"] = "engine default (tensorrt_llm.llmapi.KvCacheConfig not found)"
+            return None
+        reuse = prefix_caching_setting(self.cfg)
+        self.stats["kv_block_reuse"] = reuse
+        return KvCacheConfig(enable_block_reuse=reuse)
+
     def load(self) -> None:
         LLM, _, SamplingParams, version = import_trtllm()
         self._sampling_params_cls = SamplingParams
         kwargs = {k: v for k, v in self.llm_kwargs().items() if v is not None}
+        kv_cache_config = self.kv_cache_config()
+        if kv_cache_config is not None:
+            kwargs["kv_cache_config"] = kv_cache_config
         self._llm = LLM(**kwargs)
         self.stats.update(tensorrt_llm=version, engine_dir=kwargs["model"],
                           build_config=self.engine_record.get("build_config"))
@@ -82,6 +100,10 @@ class TrtLlmBackend(Backend):
             out.append(Completion(id=r.id, output_token_ids=[int(t) for t in seqs[0].token_ids],
                                   requested_tokens=r.max_tokens, prompt_tokens=r.prompt_len))
         return out
+
+    def resolved_settings(self) -> dict[str, Any]:
+        reuse = self.stats.get("kv_block_reuse")
+        return {"prefix_caching": reuse} if isinstance(reuse, bool) else {}
 
     def versions(self) -> dict[str, Any]:
         try:

@@ -338,12 +338,26 @@ class TrtLlmServer(ServerSpec):
             argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
         else:
             argv += ["--backend", "pytorch"]
+        # KV-block reuse across requests (its prefix cache, on by default) as library.prefix_caching says
+        argv += ["--extra_llm_api_options", str(_trtllm_options_file(prefix_caching_setting(cfg)))]
         return LaunchCommand(argv, {}, ())
 
     def body(self, request, model_name, prompt_text=None):
         n = request.max_tokens
         return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
                 "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def _trtllm_options_file(block_reuse: bool) -> Path:
+    """A YAML of LLM-API options for ``trtllm-serve --extra_llm_api_options`` (named by its content, so
+    repeated launches share one file)."""
+    import tempfile
+
+    text = f"kv_cache_config:\n  enable_block_reuse: {'true' if block_reuse else 'false'}\n"
+    path = Path(tempfile.gettempdir()) / f"inference-eval-trtllm-options-{'reuse' if block_reuse else 'noreuse'}.yaml"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 def _trtllm_engine_dir(engine_record: str | None) -> str | None:
