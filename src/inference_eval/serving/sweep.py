@@ -264,7 +264,11 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             load = LoadSettings(url=server.base_url + spec.completions_path,
                                 request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
                                 api_key=settings.api_key, length_from_finish_reason=spec.length_from_finish_reason)
-            _warm_up(requests[0], lambda probe: spec.body(probe, model_name, texts.get(requests[0].id)), load,
+            # The warm-up sends the *last* request's prompt: the first measured request then follows a
+            # different prompt, as at every later rate, and a server that reuses the previous request's
+            # prefix (llama-cpp-python's) gets no head start on it.
+            last = requests[-1]
+            _warm_up(last, lambda probe: spec.body(probe, model_name, texts.get(last.id)), load,
                      settings.warmup_timeout_s, server)
             for rate in settings.rates:
                 counters = (spec, server, settings.api_key)
