@@ -40,9 +40,10 @@ def test_ci_columns_are_named_and_ordered():
     assert set(CI_COLUMNS) <= set(m)
 
 
-def test_sweep_columns_end_with_ci_columns():
+def test_sweep_columns_hold_the_ci_columns_together():
     from inference_eval.serving.sweep import COLUMNS, METRIC_COLUMNS
-    assert METRIC_COLUMNS[-len(CI_COLUMNS):] == CI_COLUMNS
+    start = METRIC_COLUMNS.index(CI_COLUMNS[0])
+    assert METRIC_COLUMNS[start:start + len(CI_COLUMNS)] == CI_COLUMNS
     assert len(set(COLUMNS)) == len(COLUMNS)
 
 

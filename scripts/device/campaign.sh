@@ -200,6 +200,11 @@ case $step in
     { setup_python && for d in s2s l2s s2l; do
         sm "dataset.limit=$(limit $d)" $REAL/batch/{vllm,transformers}/llama2-7b/$d.json; done
     } 2>&1 | tee "$log" ;;
+  fair-trf)  # Transformers again with the GPU profile's untimed warm-up pass; results back after each dataset
+    { setup_python && for d in ${TRF_DATASETS:-s2s l2s}; do
+        sm "dataset.limit=$(limit $d)" $REAL/batch/transformers/llama2-7b/$d.json
+        tar czf "$OUT/results-$HW.tgz" -C "$CAMPAIGN" "results/$HW"; done
+    } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
 rc=$?

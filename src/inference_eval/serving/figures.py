@@ -32,6 +32,11 @@ PANELS = (
 HOLLOW_NOTE = "hollow: fewer than 100 measured requests"
 
 
+# The share of a rate's tokens that must meet the SLO for the rate to count as within it (the star); the
+# sweep's record uses scenario.goodput_share, whose default this is.
+GOODPUT_SHARE = 0.99
+
+
 def load_sweeps(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Sweep CSVs; a SLURM failure record in place of one becomes its row (status, reason)."""
     from inference_eval.slurm_failures import read_table
@@ -106,7 +111,7 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
 
     ncols = (len(PANELS) + 1) // 2
     fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
-    hollow_drawn = False
+    hollow_drawn = goodput_drawn = False
     for ax, (col, label) in zip(axes.flat, PANELS):
         if plotted.empty or col not in plotted or plotted[col].isna().all():
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -129,6 +134,14 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                     hollow_drawn = True
                     ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
                             markeredgecolor=colour, alpha=alpha)
+                if col == "token_throughput_tok_s" and "goodput_tok_s" in pts and pts["goodput_tok_s"].notna().any():
+                    goodput_drawn = True
+                    g = pts["goodput_tok_s"].to_numpy(float)
+                    ax.plot(x, g, linestyle=":", marker="x", color=colour, alpha=alpha)
+                    within = g >= GOODPUT_SHARE * y
+                    if within.any():  # the goodput knee: the highest rate still within the share
+                        k = np.flatnonzero(within)[-1]
+                        ax.plot([x[k]], [y[k]], linestyle="none", marker="*", markersize=13, color=colour, alpha=alpha)
                 if has_ci and f"{col}_ci_lo" in pts:
                     lo, hi = pts[f"{col}_ci_lo"].to_numpy(float), pts[f"{col}_ci_hi"].to_numpy(float)
                     band = np.isfinite(lo) & np.isfinite(hi)
@@ -153,6 +166,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
         footer += ["not comparable (dashed):", *reason_notes]
     if hollow_drawn:
         footer.append(HOLLOW_NOTE)
+    if goodput_drawn:
+        footer.append(f"throughput panel: dotted x = goodput (requests within the dataset's SLO, scenario.slo); "
+                      f"star = the highest rate whose goodput is >= {GOODPUT_SHARE:.0%} of its throughput")
     if any(f"{col}_ci_lo" in plotted for col, _ in PANELS):
         footer.append("bands: 95 % bootstrap interval over the rate's requests (excludes run-to-run variation)")
     if footer:

@@ -1,5 +1,10 @@
 """Per-rate serving metrics from the client's completions.
 
+Goodput (``goodput_metrics``): of the measured requests, those that succeeded and met every latency
+limit of the dataset's SLO (``scenario.slo``: TTFT, TPOT, optionally E2E, each judged per request);
+``goodput_req_s``/``goodput_tok_s`` are their requests and output tokens over the measured window, and
+``slo_*_met_share`` the share of measured requests meeting each limit (a failed request meets none).
+
 The first and last ``drop_first``/``drop_last`` requests (in schedule order) are warm-up and drain and
 are left out of the latency and throughput figures; failures are counted over all requests too.
 Latency statistics cover successful requests only; failures are counted, never averaged in.
@@ -171,3 +176,62 @@ def rate_metrics(completions: Sequence[Completion], requested_rate: float, drop_
     row.update(bootstrap_intervals(ok, duration, bootstrap, seed))
     row["p99_reliable"] = len(ok) >= P99_MIN_REQUESTS
     return row
+
+
+SLO_KEYS = ("ttft_s", "tpot_s", "e2e_s")
+GOODPUT_COLUMNS = ("slo", "goodput_req_s", "goodput_tok_s", "slo_met_share",
+                   *(f"slo_{k.removesuffix('_s')}_met_share" for k in SLO_KEYS))
+
+
+def slo_for(cfg_scenario: dict, task: str) -> dict:
+    """The latency limits of ``task`` from ``scenario.slo`` (``default``, then the task's own keys); a
+    limit that is not a positive number or null is a config error naming the key."""
+    table = (cfg_scenario or {}).get("slo") or {}
+    limits = {k: None for k in SLO_KEYS}
+    for source in ("default", task):
+        entry = table.get(source) or {}
+        unknown = set(entry) - set(SLO_KEYS)
+        if unknown:
+            raise ValueError(f"scenario.slo.{source}: unknown keys {sorted(unknown)}; valid: {', '.join(SLO_KEYS)}")
+        limits.update(entry)
+    for key, value in limits.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"scenario.slo limit {key} must be a positive number of seconds or null, got {value!r}")
+    return {k: (None if v is None else float(v)) for k, v in limits.items()}
+
+
+def _request_latencies(c: Completion) -> dict:
+    tpot = ((c.end_s - c.first_token_s) / (c.output_tokens - 1)
+            if c.output_tokens > 1 and c.first_token_s else 0.0)
+    return {"ttft_s": (c.first_token_s - c.scheduled_s) if c.first_token_s else float("inf"),
+            "tpot_s": tpot, "e2e_s": c.end_s - c.scheduled_s}
+
+
+def goodput_metrics(completions: Sequence[Completion], slo: dict, drop_first: int = 0, drop_last: int = 0) -> dict:
+    """Goodput of one rate under ``slo`` (from ``slo_for``) over the same measured window as ``rate_metrics``."""
+    window = measured_window(completions, drop_first, drop_last)
+    duration = max(max(c.end_s for c in window) - min(c.scheduled_s for c in window), 1e-9)
+    met = {k: [] for k in SLO_KEYS}
+    good = []
+    for c in window:
+        lat = _request_latencies(c) if c.ok else None
+        flags = {k: bool(lat) and (slo.get(k) is None or lat[k] <= slo[k]) for k in SLO_KEYS}
+        for k in SLO_KEYS:
+            met[k].append(flags[k])
+        if c.ok and all(flags.values()):
+            good.append(c)
+    n = len(window)
+    row = {"slo": " ".join(f"{k}<={v:g}" for k, v in slo.items() if v is not None) or "none",
+           "goodput_req_s": len(good) / duration, "goodput_tok_s": sum(c.output_tokens for c in good) / duration,
+           "slo_met_share": len(good) / n}
+    for k in SLO_KEYS:
+        row[f"slo_{k.removesuffix('_s')}_met_share"] = sum(met[k]) / n if slo.get(k) is not None else float("nan")
+    return row
+
+
+def goodput_knee(rows: Sequence[dict], share: float) -> float:
+    """The highest rate whose goodput (tokens/s) is at least ``share`` of its token throughput; NaN if none."""
+    good = [r["rate"] for r in rows
+            if r.get("status") in ("ok", "invalid") and r.get("token_throughput_tok_s")
+            and r.get("goodput_tok_s", 0) >= share * r["token_throughput_tok_s"]]
+    return max(good) if good else float("nan")

@@ -26,7 +26,7 @@ from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server
-from inference_eval.serving.metrics import CI_COLUMNS, rate_metrics
+from inference_eval.serving.metrics import CI_COLUMNS, GOODPUT_COLUMNS, goodput_knee, goodput_metrics, rate_metrics, slo_for
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
@@ -37,7 +37,8 @@ METRIC_COLUMNS = (
     "n_failed_total", "failures", "first_error", "duration_s", "output_tokens", "sequence_throughput_req_s",
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
-    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS)
+    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS, *GOODPUT_COLUMNS,
+    "within_goodput_share")
 # The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
 # the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
 FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
@@ -199,12 +200,25 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
               "synthetic": synthetic, "settings": settings.public(), "server_command": None,
               "server_log": None, "rates": [], "status": None, "reason": ""}
     rows: list[dict] = []
+    task = str(ident["dataset"]).removesuffix("-synthetic")
+    try:
+        slo = slo_for(cfg.get("scenario") or {}, task)
+        goodput_share = float((cfg.get("scenario") or {}).get("goodput_share") or 0.99)
+    except (TypeError, ValueError) as exc:
+        raise ServingConfigError(str(exc)) from None
+    record["slo"] = {"limits": slo, "task": task, "goodput_share": goodput_share}
 
     def finish(status: str, reason: str) -> pd.DataFrame:
         if not rows:
             rows.append({**ident, "rate": float("nan"), "status": status, "reason": reason})
         record["status"], record["reason"] = status, reason
         record["rates"] = rows
+        # the highest rate whose goodput stays within goodput_share of its throughput
+        knee = goodput_knee(rows, goodput_share)
+        record["slo"]["goodput_knee_rate"] = None if math.isnan(knee) else knee
+        for r in rows:
+            if "goodput_tok_s" in r:
+                r["within_goodput_share"] = bool(r["goodput_tok_s"] >= goodput_share * r["token_throughput_tok_s"])
         record["provenance"] = provenance(cfg, started=started)
         frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
         write_json(run_dir / "record.json", record)
@@ -273,7 +287,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             for rate in settings.rates:
                 counters = (spec, server, settings.api_key)
                 rows.append(with_manifest(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
-                                                    counters)))
+                                                    counters, slo)))
                 raise_if_terminated()
         except ServerError as exc:
             msg = str(exc).splitlines()[0]
@@ -341,7 +355,7 @@ def prefix_cache_share(before, after, prompt_tokens_sent: int) -> dict:
 
 
 def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: ServingSettings,
-              server: ServerProcess, run_dir: Path, ident: dict, counters=None) -> dict:
+              server: ServerProcess, run_dir: Path, ident: dict, counters=None, slo: dict | None = None) -> dict:
     if not server.alive():
         raise ServerError(f"server exited with code {server.returncode()} before rate {rate:g}: "
                           f"{server.log_tail(300)!r}")
@@ -360,4 +374,6 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
         status = "failed" if status == "failed" else "invalid"
         reason = f"server exited with code {server.returncode()} during this rate; " + reason
     metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last, seed=settings.seed)
+    if slo is not None:
+        metrics.update(goodput_metrics(completions, slo, settings.drop_first, settings.drop_last))
     return {**ident, "rate": rate, "status": status, "reason": reason, **metrics, **cache}
