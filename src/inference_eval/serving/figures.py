@@ -111,7 +111,7 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
 
     ncols = (len(PANELS) + 1) // 2
     fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
-    hollow_drawn = goodput_drawn = False
+    hollow_drawn = goodput_drawn = inf_drawn = False
     for ax, (col, label) in zip(axes.flat, PANELS):
         if plotted.empty or col not in plotted or plotted[col].isna().all():
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -134,6 +134,14 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                     hollow_drawn = True
                     ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
                             markeredgecolor=colour, alpha=alpha)
+                if col == "token_throughput_tok_s":
+                    top = int(np.nanargmax(y))  # the peak of the curve (the rate search places it)
+                    ax.plot([x[top]], [y[top]], linestyle="none", marker="D", markersize=9, markerfacecolor="none",
+                            markeredgecolor=colour, alpha=alpha)
+                    inf_rows = plotted[(plotted["series"] == s) & np.isinf(plotted["rate"].to_numpy(float))]
+                    if len(inf_rows) and inf_rows[col].notna().any():
+                        inf_drawn = True
+                        ax.axhline(float(inf_rows[col].mean()), linestyle="-.", linewidth=1, color=colour, alpha=alpha)
                 if col == "token_throughput_tok_s" and "goodput_tok_s" in pts and pts["goodput_tok_s"].notna().any():
                     goodput_drawn = True
                     g = pts["goodput_tok_s"].to_numpy(float)
@@ -166,6 +174,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
         footer += ["not comparable (dashed):", *reason_notes]
     if hollow_drawn:
         footer.append(HOLLOW_NOTE)
+    if not plotted.empty:
+        footer.append("throughput panel: hollow diamond = each curve's peak"
+                      + ("; dash-dot line = rate inf (every request at once: the server's maximum)" if inf_drawn else ""))
     if goodput_drawn:
         footer.append(f"throughput panel: dotted x = goodput (requests within the dataset's SLO, scenario.slo); "
                       f"star = the highest rate whose goodput is >= {GOODPUT_SHARE:.0%} of its throughput")

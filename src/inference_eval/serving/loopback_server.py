@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ def _picked(every: int, n: int) -> bool:
 def make_app(args: argparse.Namespace) -> web.Application:
     state = {"n": 0}
     api_key = os.environ.get("LOOPBACK_API_KEY")
+    running = asyncio.Semaphore(args.max_running) if args.max_running > 0 else contextlib.nullcontext()
 
     async def health(_request: web.Request) -> web.Response:
         if args.never_healthy:
@@ -78,13 +80,14 @@ def make_app(args: argparse.Namespace) -> web.Application:
             await resp.write_eof()
             return resp
         ids = [(3 + (n * 131 + i * 7) % 31990) for i in range(n_tokens)]
-        if args.token_delay <= 0:
-            await resp.write(b"".join(_chunk(t) for t in ids) + _usage(prompt_tokens, n_tokens, finish) + DONE)
-        else:
-            for t in ids:
-                await asyncio.sleep(args.token_delay)
-                await resp.write(_chunk(t))
-            await resp.write(_usage(prompt_tokens, n_tokens, finish) + DONE)
+        async with running:  # at most --max-running streams generate at once: a server that saturates
+            if args.token_delay <= 0:
+                await resp.write(b"".join(_chunk(t) for t in ids) + _usage(prompt_tokens, n_tokens, finish) + DONE)
+            else:
+                for t in ids:
+                    await asyncio.sleep(args.token_delay)
+                    await resp.write(_chunk(t))
+                await resp.write(_usage(prompt_tokens, n_tokens, finish) + DONE)
         await resp.write_eof()
         return resp
 
@@ -103,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens (0: all at once)")
+    p.add_argument("--max-running", type=int, default=0,
+                   help="streams generating at once; the rest wait (0: no limit). With --token-delay the server "
+                        "then saturates at max-running / token-delay tokens/s")
     p.add_argument("--fail-every", type=int, default=0, help="answer every K-th request with --fail-status")
     p.add_argument("--fail-status", type=int, default=500)
     p.add_argument("--stall-every", type=int, default=0, help="every K-th request: send nothing, ever")

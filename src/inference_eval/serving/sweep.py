@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from inference_eval.requests import Request, completion_to_row, load_requests, r
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server
 from inference_eval.serving.metrics import CI_COLUMNS, GOODPUT_COLUMNS, goodput_knee, goodput_metrics, rate_metrics, slo_for
+from inference_eval.serving.rate_search import Point, SearchSettings, SearchState, next_point, peak
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
@@ -38,7 +40,7 @@ METRIC_COLUMNS = (
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
     "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS, *GOODPUT_COLUMNS,
-    "within_goodput_share")
+    "within_goodput_share", "search_phase", "search_note")
 # The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
 # the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
 FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
@@ -204,6 +206,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     try:
         slo = slo_for(cfg.get("scenario") or {}, task)
         goodput_share = float((cfg.get("scenario") or {}).get("goodput_share") or 0.99)
+        search = SearchSettings.from_cfg(cfg)
     except (TypeError, ValueError) as exc:
         raise ServingConfigError(str(exc)) from None
     record["slo"] = {"limits": slo, "task": task, "goodput_share": goodput_share}
@@ -216,9 +219,6 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
         # the highest rate whose goodput stays within goodput_share of its throughput
         knee = goodput_knee(rows, goodput_share)
         record["slo"]["goodput_knee_rate"] = None if math.isnan(knee) else knee
-        for r in rows:
-            if "goodput_tok_s" in r:
-                r["within_goodput_share"] = bool(r["goodput_tok_s"] >= goodput_share * r["token_throughput_tok_s"])
         record["provenance"] = provenance(cfg, started=started)
         frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
         write_json(run_dir / "record.json", record)
@@ -284,11 +284,28 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             last = requests[-1]
             _warm_up(last, lambda probe: spec.body(probe, model_name, texts.get(last.id)), load,
                      settings.warmup_timeout_s, server)
-            for rate in settings.rates:
-                counters = (spec, server, settings.api_key)
-                rows.append(with_manifest(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
-                                                    counters, slo)))
+
+            def run_rate(rate: float, phase: str) -> dict:
+                row = with_manifest(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
+                                              (spec, settings.api_key), slo))
+                row["search_phase"] = phase
+                row["within_goodput_share"] = bool(row["goodput_tok_s"] >= goodput_share * row["token_throughput_tok_s"])
+                rows.append(row)
                 raise_if_terminated()
+                return row
+
+            for rate in settings.rates:
+                run_rate(rate, "fixed")
+            if search.enabled:  # beyond the configured rates, to the peak and the inf point
+                state, searched_from = SearchState(), time.monotonic()
+                while (step := next_point(search_points(rows), search, state,
+                                          time.monotonic() - searched_from)) is not None:
+                    run_rate(*step)
+                rows[-1]["search_note"] = state.stopped
+                best = peak(search_points(rows))
+                record["search"] = {**search.public(), "stopped": state.stopped, "bracket": state.bracket,
+                                    "peak_rate": best.rate if best else None,
+                                    "peak_token_throughput_tok_s": best.tok_s if best else None}
         except ServerError as exc:
             msg = str(exc).splitlines()[0]
             done = {r["rate"] for r in rows}
@@ -321,6 +338,13 @@ def _warm_up(first: Request, body_for, load: LoadSettings, timeout_s: float, ser
     if not c.ok:
         tail = " | ".join(line.strip() for line in server.log_tail(600).splitlines() if line.strip())
         raise ServerError(f"warm-up request failed: {c.error or 'wrong length'}; server log ends: {tail[-400:]}")
+
+
+def search_points(rows: Sequence[dict]) -> list[Point]:
+    """The sweep's rows as the rate search sees them: a row counts as kept when it is ok within the SLO."""
+    return [Point(rate=float(r["rate"]), phase=str(r.get("search_phase") or "fixed"),
+                  tok_s=float(r.get("token_throughput_tok_s") or 0.0),
+                  ok=r.get("status") == "ok" and bool(r.get("within_goodput_share", True))) for r in rows]
 
 
 def _read_log(path: Path) -> str:
@@ -359,7 +383,7 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
     if not server.alive():
         raise ServerError(f"server exited with code {server.returncode()} before rate {rate:g}: "
                           f"{server.log_tail(300)!r}")
-    spec, _, api_key = counters if counters else (None, None, None)
+    spec, api_key = counters if counters else (None, None)
 
     def read_counters():
         return spec.prefix_cache_counters(server.base_url, server.log_path, api_key) if spec else None
