@@ -17,7 +17,8 @@
 #   | lcpbuild (carry .lcp) | miiprep (carry .mii) | a call that waits for the three | S16K_LIBS=llamacpp s16kmore
 #   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
 # The fairness re-run (prefix caching off, repeats 3, Transformers' automatic batch size): vk1 | vllm2
-#   (carry .vk2 .data .tokcache) | fair-serve (carry .vk3 .pk, after `source .vk3/vk-install.sh`) | fair-batch
+#   (carry .vk2 .data .tokcache) | fair-serve (carry .vk3 .pk, after `source .vk3/vk-install.sh`) | fair-batch;
+#   fair-trf (carry .pk .data .tokcache: Transformers again with the GPU profile's untimed warm-up pass; not run yet)
 # Transformers on s16k does not fit one call: trfprobe measured 54.6-59.2 ms a decode step at batch 2 over contexts
 # 2,048-16,000 (results/h200/probes/), so its 16,000 steps take about 941 s; a call may run 10 minutes.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a

@@ -325,12 +325,12 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     return finish(overall, reasons)
 
 
-def _warm_up(first: Request, body_for, load: LoadSettings, timeout_s: float, server: ServerProcess) -> None:
+def _warm_up(like: Request, body_for, load: LoadSettings, timeout_s: float, server: ServerProcess) -> None:
     """One short request before measuring: loads lazily-loaded models, fails fast on a broken server
     (one that errs inside a stream it never closes, as MII's did, is given ``timeout_s``, not the
     measured requests' timeout). The failure names the end of the server's log, where the cause is."""
-    probe = Request(id="warmup", prompt_token_ids=first.prompt_token_ids,
-                    max_tokens=min(WARMUP_TOKENS, first.max_tokens), prompt=first.prompt)
+    probe = Request(id="warmup", prompt_token_ids=like.prompt_token_ids,
+                    max_tokens=min(WARMUP_TOKENS, like.max_tokens), prompt=like.prompt)
     warm_load = LoadSettings(url=load.url, request_timeout_s=min(load.request_timeout_s, timeout_s),
                              api_key=load.api_key, progress=False,
                              length_from_finish_reason=load.length_from_finish_reason)
