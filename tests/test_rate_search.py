@@ -48,7 +48,7 @@ def test_grows_until_flat_then_bisects_then_runs_inf():
 def test_a_failing_rate_stops_the_growth():
     points, state = _drive(saturating, [2.0, 8.0], SearchSettings(enabled=True, bisect_steps=0), fail_above=20.0)
     assert [p.rate for p in points] == [2.0, 8.0, 16.0, 32.0, math.inf]
-    assert state.bracket == (16.0, 32.0) and "failure or SLO break" in state.stopped
+    assert state.bracket == (16.0, 32.0) and "failure, SLO break or client limit" in state.stopped
 
 
 def test_bounds_stop_the_search_and_say_so():

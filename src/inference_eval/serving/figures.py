@@ -75,6 +75,8 @@ def _per_rate(rows: pd.DataFrame) -> pd.DataFrame:
     numeric = rows.drop(columns=["p99_reliable"], errors="ignore").select_dtypes("number").columns
     agg = rows.groupby("rate", sort=True)[[c for c in numeric if c != "rate"]].mean()
     agg["p99_reliable"] = rows.groupby("rate", sort=True)["p99_reliable"].all()
+    if "client_limited" in rows:
+        agg["client_limited"] = rows.groupby("rate", sort=True)["client_limited"].any().astype(float)
     return agg.reset_index()
 
 
@@ -87,6 +89,8 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
     plotted["rate"] = pd.to_numeric(plotted["rate"], errors="coerce")
     plotted["series"] = plotted["library"].astype(str) + " / " + plotted["model"].astype(str)
     plotted.loc[plotted["status"] == "invalid", "series"] += " (invalid)"
+    if "client_limited" in plotted:
+        plotted["client_limited"] = _as_bool(plotted["client_limited"], False)
     plotted["p99_reliable"] = (_as_bool(plotted["p99_reliable"], True) if "p99_reliable" in plotted
                                else pd.Series(True, index=plotted.index, dtype=bool))
     comparable = (_as_bool(plotted["comparable"], True) if "comparable" in plotted
@@ -111,7 +115,7 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
 
     ncols = (len(PANELS) + 1) // 2
     fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
-    hollow_drawn = goodput_drawn = inf_drawn = False
+    hollow_drawn = goodput_drawn = inf_drawn = client_drawn = False
     for ax, (col, label) in zip(axes.flat, PANELS):
         if plotted.empty or col not in plotted or plotted[col].isna().all():
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -134,6 +138,12 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                     hollow_drawn = True
                     ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
                             markeredgecolor=colour, alpha=alpha)
+                if "client_limited" in pts:  # rates the load generator, not the server, may have paced
+                    limited = pts["client_limited"].to_numpy(float) > 0
+                    if limited.any():
+                        client_drawn = True
+                        ax.plot(x[limited], y[limited], linestyle="none", marker="o", markersize=12,
+                                markerfacecolor="none", markeredgecolor="red", alpha=alpha)
                 if col == "token_throughput_tok_s":
                     top = int(np.nanargmax(y))  # the peak of the curve (the rate search places it)
                     ax.plot([x[top]], [y[top]], linestyle="none", marker="D", markersize=9, markerfacecolor="none",
@@ -177,6 +187,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
     if not plotted.empty:
         footer.append("throughput panel: hollow diamond = each curve's peak"
                       + ("; dash-dot line = rate inf (every request at once: the server's maximum)" if inf_drawn else ""))
+    if client_drawn:
+        footer.append("red ring: the client may have set this rate's pace (client_limited: its CPU, send lag or "
+                      "achieved rate; see client_limited_reason)")
     if goodput_drawn:
         footer.append(f"throughput panel: dotted x = goodput (requests within the dataset's SLO, scenario.slo); "
                       f"star = the highest rate whose goodput is >= {GOODPUT_SHARE:.0%} of its throughput")

@@ -235,3 +235,32 @@ def goodput_knee(rows: Sequence[dict], share: float) -> float:
             if r.get("status") in ("ok", "invalid") and r.get("token_throughput_tok_s")
             and r.get("goodput_tok_s", 0) >= share * r["token_throughput_tok_s"]]
     return max(good) if good else float("nan")
+
+
+# The client certificate: whether the load generator, not the server, may have set a rate's pace.
+CLIENT_COLUMNS = ("client_cpu_share", "client_limited", "client_limited_reason")
+# One event loop runs the whole client: near a full core it cannot keep up with more.
+CLIENT_CPU_LIMIT = 0.9
+# Sends later than this (p99) and later than half the mean gap between sends mean the schedule slipped.
+SEND_LAG_LIMIT_S = 0.005
+# The achieved send rate under this share of the schedule's own rate means the client fell behind.
+ACHIEVED_SHARE_LIMIT = 0.95
+
+
+def client_certificate(row: dict, cpu_s: float, wall_s: float) -> dict:
+    """``client_cpu_share`` (CPU seconds of the client process over the rate's wall time, in cores) and
+    ``client_limited`` with the reasons, from that share and the row's send lag and achieved rate."""
+    share = cpu_s / wall_s if wall_s > 0 else float("nan")
+    reasons = []
+    if share >= CLIENT_CPU_LIMIT:
+        reasons.append(f"client CPU {share:.2f} of a core (limit {CLIENT_CPU_LIMIT})")
+    rate = row.get("requested_rate")
+    finite = isinstance(rate, (int, float)) and np.isfinite(rate)
+    lag = row.get("send_lag_p99_s")
+    if finite and lag is not None and np.isfinite(lag) and lag > max(SEND_LAG_LIMIT_S, 0.5 / rate):
+        reasons.append(f"send lag p99 {lag * 1e3:.1f} ms (limit {max(SEND_LAG_LIMIT_S, 0.5 / rate) * 1e3:.1f} ms)")
+    achieved, scheduled = row.get("achieved_rate"), row.get("scheduled_rate")
+    if finite and achieved and scheduled and np.isfinite(achieved) and np.isfinite(scheduled) \
+            and achieved < ACHIEVED_SHARE_LIMIT * scheduled:
+        reasons.append(f"achieved {achieved:.1f} req/s of the schedule's {scheduled:.1f}")
+    return {"client_cpu_share": share, "client_limited": bool(reasons), "client_limited_reason": "; ".join(reasons)}

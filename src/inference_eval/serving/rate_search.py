@@ -5,8 +5,8 @@ default) extends the sweep:
 
 1. **grow**: from the highest configured rate, multiply the rate by ``growth`` while the throughput
    still rises: the search stops growing after ``flat_steps`` steps in a row whose throughput gained less
-   than ``min_gain`` over the best so far, or at a rate whose row failed or broke the SLO (its goodput
-   under ``scenario.goodput_share`` of its throughput);
+   than ``min_gain`` over the best so far, or at a rate whose row failed, broke the SLO (its goodput
+   under ``scenario.goodput_share`` of its throughput) or was paced by the client (``client_limited``);
 2. **bisect**: ``bisect_steps`` geometric midpoints between the last rate that still rose and the first
    that did not, to place the peak;
 3. **inf**: one run with every request sent at once (the server's maximum throughput).
@@ -126,7 +126,7 @@ def next_point(points: Sequence[Point], s: SearchSettings, state: SearchState,
             last_up = next((p.rate for p, r in zip(reversed(finite), reversed(rising)) if r), finite[0].rate)
             first_flat = next((p.rate for p in finite if p.rate > last_up), top.rate)
             state.bracket = (last_up, first_flat)
-            state.notes.append("failure or SLO break" if not top.ok else
+            state.notes.append("failure, SLO break or client limit" if not top.ok else
                                f"throughput gained < {s.min_gain:.0%} for {flat_run} step(s)")
         else:
             return top.rate * s.growth, "grow"

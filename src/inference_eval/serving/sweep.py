@@ -27,7 +27,8 @@ from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server
-from inference_eval.serving.metrics import CI_COLUMNS, GOODPUT_COLUMNS, goodput_knee, goodput_metrics, rate_metrics, slo_for
+from inference_eval.serving.metrics import (CI_COLUMNS, CLIENT_COLUMNS, GOODPUT_COLUMNS, client_certificate,
+                                            goodput_knee, goodput_metrics, rate_metrics, slo_for)
 from inference_eval.serving.rate_search import Point, SearchSettings, SearchState, next_point, peak
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
@@ -40,7 +41,7 @@ METRIC_COLUMNS = (
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
     "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS, *GOODPUT_COLUMNS,
-    "within_goodput_share", "search_phase", "search_note")
+    "within_goodput_share", "search_phase", "search_note", *CLIENT_COLUMNS)
 # The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
 # the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
 FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
@@ -341,10 +342,12 @@ def _warm_up(like: Request, body_for, load: LoadSettings, timeout_s: float, serv
 
 
 def search_points(rows: Sequence[dict]) -> list[Point]:
-    """The sweep's rows as the rate search sees them: a row counts as kept when it is ok within the SLO."""
+    """The sweep's rows as the rate search sees them: a row counts as kept when it is ok within the SLO and
+    the client did not set its pace (past a client-limited rate, a higher one measures the client)."""
     return [Point(rate=float(r["rate"]), phase=str(r.get("search_phase") or "fixed"),
                   tok_s=float(r.get("token_throughput_tok_s") or 0.0),
-                  ok=r.get("status") == "ok" and bool(r.get("within_goodput_share", True))) for r in rows]
+                  ok=r.get("status") == "ok" and bool(r.get("within_goodput_share", True))
+                  and not r.get("client_limited", False)) for r in rows]
 
 
 def _read_log(path: Path) -> str:
@@ -390,7 +393,9 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
 
     schedule = make_schedule(len(requests), rate, settings.arrival, settings.burstiness, settings.seed)
     before = read_counters()
+    cpu0, wall0 = time.process_time(), time.perf_counter()  # the client's own CPU (the server is another process)
     completions = run_load(requests, schedule, body_for, load)
+    client_cpu_s, client_wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
     cache = prefix_cache_share(before, read_counters(), sum(r.prompt_len for r in requests))
     write_csv(run_dir / f"requests_rate{rate:g}.csv", _request_rows(completions, rate))
     status, reason = _rate_status(completions)
@@ -400,4 +405,5 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
     metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last, seed=settings.seed)
     if slo is not None:
         metrics.update(goodput_metrics(completions, slo, settings.drop_first, settings.drop_last))
+    metrics.update(client_certificate(metrics, client_cpu_s, client_wall_s))
     return {**ident, "rate": rate, "status": status, "reason": reason, **metrics, **cache}
