@@ -1,18 +1,12 @@
 """The client certificate: each serving row says whether the load generator, not the server, may have set
 its pace (its CPU, its send lag, its achieved rate), and the figure marks such rows."""
-import json
 import math
 
 import pandas as pd
 import pytest
 
-from inference_eval.backends.base import ModelFiles
-from inference_eval.config import compose
-from inference_eval.serving.launch import TAG_ENV
+from serving_fixtures import loopback_sweep, write_rows
 from inference_eval.serving.metrics import CLIENT_CPU_LIMIT, client_certificate
-from inference_eval.serving.procaudit import ProcessAudit
-from inference_eval.serving.servers import LoopbackServer
-from inference_eval.serving.sweep import run_sweep
 
 CALM = {"requested_rate": 10.0, "send_lag_p99_s": 0.001, "achieved_rate": 9.9, "scheduled_rate": 10.0}
 
@@ -39,18 +33,9 @@ def test_rate_inf_is_judged_on_cpu_alone():
 
 
 def test_sweep_rows_carry_the_certificate(tmp_path, monkeypatch):
-    rows = tmp_path / "rows.jsonl"
-    with rows.open("w") as fh:
-        for i in range(4):
-            fh.write(json.dumps({"id": f"r{i}", "prompt": "", "prompt_token_ids": [1, 5 + i], "max_tokens": 6}) + "\n")
-    audit = ProcessAudit()
-    monkeypatch.setenv(TAG_ENV, audit.tag)
-    cfg = compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu", "scenario.rates=[10.0]",
-                   "scenario.num_requests=12", "scenario.drop_first=1", "scenario.drop_last=1"])
-    try:
-        run_sweep(cfg, rows, ModelFiles(), tmp_path / "out.csv", tmp_path / "run", spec=LoopbackServer(), dataset="s2s")
-    finally:
-        assert not audit.survivors(wait_s=10)
+    rows = write_rows(tmp_path / "rows.jsonl", 4, max_tokens=6)
+    loopback_sweep(["scenario.rates=[10.0]", "scenario.num_requests=12", "scenario.drop_first=1",
+                    "scenario.drop_last=1"], rows, tmp_path, monkeypatch)
     row = pd.read_csv(tmp_path / "out.csv").iloc[0]
     assert 0 < row["client_cpu_share"] < CLIENT_CPU_LIMIT  # 10 req/s of 6 tokens: the client idles
     assert row["client_limited"] == False and pd.isna(row["client_limited_reason"])  # noqa: E712

@@ -6,14 +6,10 @@ import math
 import pandas as pd
 import pytest
 
-from inference_eval.backends.base import ModelFiles
+from serving_fixtures import loopback_sweep, write_rows
 from inference_eval.config import compose
-from inference_eval.serving.launch import TAG_ENV
-from inference_eval.serving.procaudit import ProcessAudit
 from inference_eval.serving.rate_search import (Point, SearchConfigError, SearchSettings, SearchState, next_point,
                                                 peak)
-from inference_eval.serving.servers import LoopbackServer
-from inference_eval.serving.sweep import run_sweep
 
 
 def _drive(curve, start_rates, settings, fail_above=math.inf):
@@ -72,21 +68,11 @@ def test_settings_come_from_the_scenario_or_the_hardware_and_are_checked():
 
 def test_sweep_finds_the_peak_of_a_server_that_saturates(tmp_path, monkeypatch):
     """The loopback server with 2 streams at a time and 10 ms a token tops out near 200 tok/s."""
-    rows = tmp_path / "rows.jsonl"
-    with rows.open("w") as fh:
-        for i in range(8):
-            fh.write(json.dumps({"id": f"r{i}", "prompt": "", "prompt_token_ids": [1, 5 + i], "max_tokens": 8}) + "\n")
-    audit = ProcessAudit()
-    monkeypatch.setenv(TAG_ENV, audit.tag)
-    cfg = compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu", "scenario.rates=[4.0]",
-                   "scenario.num_requests=24", "scenario.drop_first=2", "scenario.drop_last=2",
-                   "scenario.search={enabled:true,max_points:9,bisect_steps:1}",
-                   "+scenario.slo.s2s.ttft_s=1000", "+scenario.slo.s2s.tpot_s=1000"])
-    try:
-        frame = run_sweep(cfg, rows, ModelFiles(), tmp_path / "out.csv", tmp_path / "run",
-                          spec=LoopbackServer(("--token-delay", "0.01", "--max-running", "2")), dataset="s2s")
-    finally:
-        assert not audit.survivors(wait_s=10)
+    rows = write_rows(tmp_path / "rows.jsonl", 8, max_tokens=8)
+    frame = loopback_sweep(["scenario.rates=[4.0]", "scenario.num_requests=24", "scenario.drop_first=2",
+                            "scenario.drop_last=2", "scenario.search={enabled:true,max_points:9,bisect_steps:1}",
+                            "+scenario.slo.s2s.ttft_s=1000", "+scenario.slo.s2s.tpot_s=1000"],
+                           rows, tmp_path, monkeypatch, ("--token-delay", "0.01", "--max-running", "2"))
     disk = pd.read_csv(tmp_path / "out.csv")
     assert (disk["status"] == "ok").all(), disk["reason"].tolist()
     phases = disk["search_phase"].tolist()

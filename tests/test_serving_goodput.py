@@ -6,12 +6,11 @@ import math
 import pandas as pd
 import pytest
 
+from serving_fixtures import loopback_sweep, write_rows
 from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
 from inference_eval.serving.client import ServedCompletion
-from inference_eval.serving.launch import TAG_ENV
 from inference_eval.serving.metrics import goodput_knee, goodput_metrics, slo_for
-from inference_eval.serving.procaudit import ProcessAudit
 from inference_eval.serving.servers import LoopbackServer
 from inference_eval.serving.sweep import ServingConfigError, run_sweep
 
@@ -57,26 +56,15 @@ def test_goodput_knee_is_the_highest_rate_within_the_share():
 
 @pytest.fixture
 def rows(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    with path.open("w") as fh:
-        for i in range(6):
-            fh.write(json.dumps({"id": f"r{i}", "prompt": "", "prompt_token_ids": [1, 5 + i], "max_tokens": 8}) + "\n")
-    return path
+    return write_rows(tmp_path / "rows.jsonl", 6, max_tokens=8)
 
 
 @pytest.mark.parametrize("tpot_limit,expect_share", [(1.0, 1.0), (0.001, 0.0)])
 def test_sweep_rows_carry_goodput_and_the_record_its_knee(rows, tmp_path, monkeypatch, tpot_limit, expect_share):
     """The loopback server streams a token every 10 ms: a 1 s TPOT limit keeps every request, 1 ms none."""
-    audit = ProcessAudit()
-    monkeypatch.setenv(TAG_ENV, audit.tag)
-    cfg = compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu", "scenario.rates=[10.0,20.0]",
-                   "scenario.num_requests=8", "scenario.drop_first=1", "scenario.drop_last=1",
-                   f"+scenario.slo.s2s.tpot_s={tpot_limit}"])
-    try:
-        frame = run_sweep(cfg, rows, ModelFiles(), tmp_path / "out.csv", tmp_path / "run",
-                          spec=LoopbackServer(("--token-delay", "0.01")), dataset="s2s")
-    finally:
-        assert not audit.survivors(wait_s=10)
+    frame = loopback_sweep(["scenario.rates=[10.0,20.0]", "scenario.num_requests=8", "scenario.drop_first=1",
+                            "scenario.drop_last=1", f"+scenario.slo.s2s.tpot_s={tpot_limit}"],
+                           rows, tmp_path, monkeypatch, ("--token-delay", "0.01"))
     disk = pd.read_csv(tmp_path / "out.csv")
     assert (disk["status"] == "ok").all()
     assert disk["slo_met_share"].tolist() == [expect_share, expect_share]

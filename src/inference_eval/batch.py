@@ -97,11 +97,6 @@ def batch_repeats(cfg: Mapping[str, Any], warmup: bool = False) -> int:
     return value
 
 
-def _warmups(cfg: Mapping[str, Any]) -> int:
-    n = (cfg.get("scenario") or {}).get("warmup_requests")
-    return 1 if n is None else int(n)
-
-
 # -- the worker process ---------------------------------------------------------------------------
 class _OutputTail:
     """Forward the worker's output to our stderr (and a log file) while keeping its last bytes."""
@@ -419,7 +414,7 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         extra={"no_result": not ran, "repeats": len(times),
                "warmup_repeats": result.get("warmup_repeats", 0),
                "repeats_method": (f"{len(times)} timed run(s) of the whole dataset in one loaded engine, after "
-                                  f"{_warmups(cfg)} untimed warm-up request(s) and "
+                                  f"{result.get('warmup_requests', 0)} untimed warm-up request(s) and "
                                   f"{result.get('warmup_repeats', 0)} untimed run(s) of the whole dataset; "
                                   f"prefix caching as in settings")})
     return {

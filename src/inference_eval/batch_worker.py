@@ -141,6 +141,7 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
         result["prepare_time_s"] = time.perf_counter() - t0
 
         warmup = warmup_requests(requests, cfg)
+        result["warmup_requests"] = len(warmup)  # for the record's account of how repeats were made
         if warmup:
             phase = reached("warmup")
             t0 = time.perf_counter()

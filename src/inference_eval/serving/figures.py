@@ -32,8 +32,7 @@ PANELS = (
 HOLLOW_NOTE = "hollow: fewer than 100 measured requests"
 
 
-# The share of a rate's tokens that must meet the SLO for the rate to count as within it (the star); the
-# sweep's record uses scenario.goodput_share, whose default this is.
+# scenario.goodput_share's default: the star's share for sweep CSVs without a within_goodput_share column.
 GOODPUT_SHARE = 0.99
 
 
@@ -75,8 +74,9 @@ def _per_rate(rows: pd.DataFrame) -> pd.DataFrame:
     numeric = rows.drop(columns=["p99_reliable"], errors="ignore").select_dtypes("number").columns
     agg = rows.groupby("rate", sort=True)[[c for c in numeric if c != "rate"]].mean()
     agg["p99_reliable"] = rows.groupby("rate", sort=True)["p99_reliable"].all()
-    if "client_limited" in rows:
-        agg["client_limited"] = rows.groupby("rate", sort=True)["client_limited"].any().astype(float)
+    for flag in ("client_limited", "within_goodput_share"):  # booleans: any row of the rate
+        if flag in rows:
+            agg[flag] = rows.groupby("rate", sort=True)[flag].any().astype(float)
     return agg.reset_index()
 
 
@@ -89,8 +89,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
     plotted["rate"] = pd.to_numeric(plotted["rate"], errors="coerce")
     plotted["series"] = plotted["library"].astype(str) + " / " + plotted["model"].astype(str)
     plotted.loc[plotted["status"] == "invalid", "series"] += " (invalid)"
-    if "client_limited" in plotted:
-        plotted["client_limited"] = _as_bool(plotted["client_limited"], False)
+    for flag in ("client_limited", "within_goodput_share"):
+        if flag in plotted:
+            plotted[flag] = _as_bool(plotted[flag], False)
     plotted["p99_reliable"] = (_as_bool(plotted["p99_reliable"], True) if "p99_reliable" in plotted
                                else pd.Series(True, index=plotted.index, dtype=bool))
     comparable = (_as_bool(plotted["comparable"], True) if "comparable" in plotted
@@ -156,7 +157,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                     goodput_drawn = True
                     g = pts["goodput_tok_s"].to_numpy(float)
                     ax.plot(x, g, linestyle=":", marker="x", color=colour, alpha=alpha)
-                    within = g >= GOODPUT_SHARE * y
+                    # the sweep's own judgement (scenario.goodput_share); CSVs without it: the default share
+                    within = (pts["within_goodput_share"].to_numpy(float) > 0 if "within_goodput_share" in pts
+                              else g >= GOODPUT_SHARE * y)
                     if within.any():  # the goodput knee: the highest rate still within the share
                         k = np.flatnonzero(within)[-1]
                         ax.plot([x[k]], [y[k]], linestyle="none", marker="*", markersize=13, color=colour, alpha=alpha)
@@ -191,8 +194,8 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
         footer.append("red ring: the client may have set this rate's pace (client_limited: its CPU, send lag or "
                       "achieved rate; see client_limited_reason)")
     if goodput_drawn:
-        footer.append(f"throughput panel: dotted x = goodput (requests within the dataset's SLO, scenario.slo); "
-                      f"star = the highest rate whose goodput is >= {GOODPUT_SHARE:.0%} of its throughput")
+        footer.append("throughput panel: dotted x = goodput (requests within the dataset's SLO, scenario.slo); "
+                      "star = the highest rate whose goodput stays within scenario.goodput_share of its throughput")
     if any(f"{col}_ci_lo" in plotted for col, _ in PANELS):
         footer.append("bands: 95 % bootstrap interval over the rate's requests (excludes run-to-run variation)")
     if footer:

@@ -273,7 +273,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             record["fairness"] = fairness.manifest(
                 cfg, "serving", distinct, exact=None, resolved=resolved,
                 resolved_source="the server's start-up log" if resolved else "",
-                dataset_manifest=_dataset_manifest(rows_path),
+                dataset_manifest=_manifest_or_empty(rows_path),
                 extra={"num_requests": settings.num_requests, "rates": settings.rates,
                        "cycled": len(requests) > len(distinct)})
             load = LoadSettings(url=server.base_url + spec.completions_path,
@@ -350,18 +350,21 @@ def search_points(rows: Sequence[dict]) -> list[Point]:
                   and not r.get("client_limited", False)) for r in rows]
 
 
+def _manifest_or_empty(rows_path: str | Path) -> dict:
+    """The dataset's manifest (``batch.dataset_manifest``); an unreadable one only leaves the manifest's
+    dataset hash empty here, as ``dataset_source`` treats it."""
+    from inference_eval.batch import dataset_manifest
+    try:
+        return dataset_manifest(rows_path)
+    except ValueError:
+        return {}
+
+
 def _read_log(path: Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def _dataset_manifest(rows_path: str | Path) -> dict:
-    try:
-        return json.loads(Path(rows_path).with_name("manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def prefix_cache_share(before, after, prompt_tokens_sent: int) -> dict:
