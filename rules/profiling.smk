@@ -1,5 +1,5 @@
 # Measured per-op time (and DRAM bytes on a GPU) of one prefill and one decode step, the b/s sweeps,
-# the fitted time model and its figures (DESIGN.md section 3, issue 7).
+# the fitted time model and its figures (docs/theory.md).
 #   results/{hardware}/modules/{variant}_{stage}_{sweep}.csv   per op: time, share, theory, roofline
 #   results/{hardware}/modules/{variant}_points.csv            per point: decoder-layer time (fit input)
 #   results/{hardware}/coefficients.csv                        time-model coefficients, r2, held-out MAPE

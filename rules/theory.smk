@@ -1,4 +1,4 @@
-# Analytic per-op FLOPs, bytes, intensity and roofline (DESIGN.md section 3), and the end-to-end
+# Analytic per-op FLOPs, bytes, intensity and roofline (docs/theory.md), and the end-to-end
 # roofline bound of each dataset. CPU-only, cheap: local rules, no GPU resources.
 #   results/{hardware}/theory/{model}_ops_b{batch}_s{seq}.csv   Tables 4 and 5 (any b, s)
 #   results/{hardware}/theory/{model}_roofline.png             each op at b=8, s=512 under the roof

@@ -11,7 +11,7 @@ from inference_eval.theory.ops import ModelShape, TheoryError, layer_ops
 from inference_eval.theory.roofline import COMPUTE, MEMORY, bound, op_table, roofline_time
 
 LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-# The paper's A100 figures (DESIGN.md section 2): 2,039 GB/s, 312 TFLOP/s bf16.
+# The A100 80GB datasheet figures the paper uses: 2,039 GB/s, 312 TFLOP/s bf16.
 A100 = {"name": "a100", "memory_gb": 80, "bandwidth_gbs": 2039, "peak_tflops_bf16": 312, "measured": {}}
 
 

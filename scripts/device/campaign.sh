@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One step of the campaign on the lent GPU (issues 10, 11), run there by the `device` tool:
+# One step of the GPU campaign, run on a GPU machine that has no package index (the kits carry the engines):
 #   HW=h200 bash scripts/device/campaign.sh STEP [BUDGET_S]
 # HW is the hardware key whose results the step makes (h100, h200; default: detected by the package).
 # Steps, each one device call, back to back on one warm machine (results/<hw>/README.md says what ran):
@@ -7,13 +7,13 @@
 #   batch (carry .vk3 .pk .data .tokcache) | trf (carry .pk .data .tokcache) | serve | fine | fine2 | llamacpp (carry .lcp)
 #   weights (Llama-2-7B's random safetensors, for MII: about 165 s on the CPU)
 #   mii (carry .mii: batch) | miiserve (serving, after mii or miiprep on the same machine)
-# Session 4's order, which keeps the GPU measuring while the CPU builds (background work runs in its own
+# An order that keeps the GPU measuring while the CPU builds (background work runs in its own
 # process session, which outlives its call; each leaves $CAMPAIGN/<name>.rc when done):
 #   lcpbuild (carry .lcp: llama.cpp's CUDA build, background) | miiprep (carry .mii: install, and the JIT
 #   ops in the background) | vk1 | vllm2 | vfine (carry .vk3 .pk .data .tokcache: GGUF and safetensors
 #   writers in the background; vLLM eager fine grain, then vLLM s16k on a quiet machine) | llamacpp | miiserve
 #   (s16k, which ran short of time in vfine, then ran as its own step: s16k)
-# Session 5's order (s16k for llama.cpp and MII, then Mistral-7B): trfprobe + s16kprep (carry .pk .data .tokcache)
+# s16k for llama.cpp and MII, then Mistral-7B: trfprobe + s16kprep (carry .pk .data .tokcache)
 #   | lcpbuild (carry .lcp) | miiprep (carry .mii) | a call that waits for the three | S16K_LIBS=llamacpp s16kmore
 #   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
 # The fairness re-run (prefix caching off, repeats 3, Transformers' automatic batch size): vk1 | vllm2
@@ -24,8 +24,8 @@
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
 # copy of ../shared/data (the sources, used through data_root); .tokcache a copy of
 # ~/.cache/inference_eval (the Llama-2 tokenizer, which the GPU machine cannot download).
-# A warm machine goes back after 30 s idle: send the next call at once (session 2 lost one twice that way,
-# and with it the vLLM kit's parts). Steps chain in one call: `bash campaign.sh vk1 && bash campaign.sh fine`.
+# A lent machine may go back after a short idle time, and with it what was installed: send the next call at
+# once. Steps chain in one call: `bash campaign.sh vk1 && bash campaign.sh fine`.
 # On a fresh machine, a step whose DAG has prepare_model (fine2, batch, serve, llamacpp) needs .tokcache.
 # What a step installs (/tmp/site, /tmp/pksite, /tmp/lcpsite, /tmp/miisite) and the sources and
 # results (/root/campaign) stay on the warm machine, so later steps carry only their own kit.
@@ -125,7 +125,7 @@ case $step in
     } 2>&1 | tee "$log" ;;
   s16k)  # vLLM on s16k alone (vLLM installed on this machine by an earlier step)
     { setup_python && s16k_run vllm; } 2>&1 | tee "$log" ;;
-  trf)  # Transformers' s2l alone (session 3 had under 7 minutes of device time, the start included)
+  trf)  # Transformers' s2l alone (for a call with little device time left)
     { setup_python && sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json; } 2>&1 | tee "$log" ;;
   serve)
     { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }

@@ -31,7 +31,7 @@ pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-vers
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
   --platform manylinux1_x86_64 --platform any -d "$work/whl" "$@"; }
 # typing-extensions is the image's own: the image's anyio imports typing_extensions.sentinel, which 4.15
-# lacks (MII's OpenAI server failed at its first request with 4.15 packed, H200, 2026-12-02).
+# lacks (MII's OpenAI server fails at its first request with 4.15 packed).
 # Versions: MII 0.3.3 is the last release; pydantic/fastapi pinned to releases of MII's era that need
 # nothing beyond what the image has (fastapi >= 0.16x pulls in opentelemetry).
 for p in deepspeed-mii==0.3.3 deepspeed-kernels==0.0.1.dev1698255861 \

@@ -31,7 +31,7 @@ HW, MODEL = "h200", "llama2-7b"
 LIMITS = {"s2s": 200, "l2s": 64, "s2l": 16}
 # The vLLM rows' schedule at the two rates that fit one short call: the same requests and arrivals.
 SERVE = ["scenario.num_requests=160", "scenario.rates=[8.0,32.0]", "scenario.drop_first=10", "scenario.drop_last=10"]
-# (kind, dataset, seconds it needs at least: load + run, from the 2026-12-02 run)
+# (kind, dataset, seconds it needs at least: load + run, as measured on the H200)
 JOBS = [("batch", "s2s", 40), ("serving", "s2s", 100), ("batch", "l2s", 50), ("batch", "s2l", 90)]
 RESULTS = "/root/campaign/results"
 

@@ -1,6 +1,6 @@
 """Names of the decoder-layer ops, shared by theory (FLOPs, bytes) and profiling (measured time).
 
-Order and meaning follow DESIGN.md section 3's table.
+Order and meaning: the op table of docs/theory.md.
 """
 
 OPS = (

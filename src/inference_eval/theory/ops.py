@@ -1,4 +1,4 @@
-"""FLOPs and exact bytes of every op of a Llama decoder layer (DESIGN.md section 3), plus the model ends.
+"""FLOPs and exact bytes of every op of a Llama decoder layer (docs/theory.md), plus the model ends.
 
 Symbols: b batch, s length (prefill: input tokens; decode: the context *including* the new token, so
 a decode step at context s attends over s keys and appends the s-th cache entry), h hidden,
