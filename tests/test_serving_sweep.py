@@ -161,4 +161,4 @@ def test_trtllm_serve_is_launched_from_where_it_was_found(tmp_path, monkeypatch)
     argv = spec.command(cfg, ModelFiles(hf_dir="/m/hf"), "127.0.0.1", 8000, None).argv
     assert argv[0] == str(exe.parent / "trtllm-serve")
     options = Path(argv[argv.index("--extra_llm_api_options") + 1])  # KV-block reuse off: the fair default
-    assert options.read_text() == "kv_cache_config:\n  enable_block_reuse: false\n"
+    assert options.read_text() == "kv_cache_config:\n  enable_block_reuse: false\n  free_gpu_memory_fraction: 0.9\n"

@@ -1,12 +1,17 @@
 """TensorRT-LLM ("TRT") through its LLM API on the engine of the ``trtllm_engine`` rule.
 
-API: ``LLM(model=engine_dir, tokenizer=hf_dir)`` loads a saved engine (see
-``inference_eval.models.trtllm_engine`` for which ``LLM`` class), ``llm.generate(prompts,
-sampling_params=[...], use_tqdm=False)`` takes token-id prompts with one ``SamplingParams`` per prompt
-and schedules them all together (in-flight batching); each ``RequestOutput.outputs[0].token_ids``
-holds the generated ids. Lengths are forced with ``SamplingParams(max_tokens=n, ignore_eos=True)``;
-decoding is greedy (``top_k=1``) and the output is not detokenized. KV-block reuse across requests
-(TensorRT-LLM's prefix cache, on by its default) follows ``library.prefix_caching`` (off).
+API (checked against the pinned release's source, ``docs/trtllm.md``): ``LLM(model=engine_dir,
+tokenizer=hf_dir, kv_cache_config=KvCacheConfig(...))`` loads a saved engine (see
+``inference_eval.models.trtllm_engine`` for which ``LLM`` class). ``llm.generate(prompts,
+sampling_params=[...], use_tqdm=False)`` takes a list of token-id lists with one ``SamplingParams`` per
+prompt, submits them all at once (in-flight batching) and returns one ``RequestOutput`` per prompt; a
+flat list of ints would be read as ONE prompt and answered with one ``RequestOutput``, not a list, so
+prompts are always passed as a list of lists. ``RequestOutput.outputs[0].token_ids`` holds the generated
+ids only (``exclude_input_from_output`` defaults to true). Lengths are forced with
+``SamplingParams(max_tokens=n, ignore_eos=True)``; decoding is greedy (``top_k=1``) and the output is
+not detokenized. KV-block reuse across requests (TensorRT-LLM's prefix cache, on by its default) follows
+``library.prefix_caching`` (off); the KV-cache memory share is ``library.free_gpu_memory_fraction``,
+passed explicitly so that batch and ``trtllm-serve`` size the cache alike.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any, Sequence
 
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.fairness import prefix_caching_setting
-from inference_eval.models.trtllm_engine import TrtLlmNotInstalled, import_trtllm, read_engine_record
+from inference_eval.models.trtllm_engine import (TrtLlmNotInstalled, free_gpu_memory_fraction, import_trtllm,
+                                                 read_engine_record)
 from inference_eval.requests import Completion, Request
 
 
@@ -60,17 +66,19 @@ class TrtLlmBackend(Backend):
         return [cls(max_tokens=int(r.max_tokens), ignore_eos=True, top_k=1, detokenize=False) for r in requests]
 
     def kv_cache_config(self):
-        """``KvCacheConfig(enable_block_reuse=library.prefix_caching)``: TensorRT-LLM reuses KV blocks
-        across requests that share a prefix unless told not to (its default is on); None where this
-        tensorrt_llm has no ``llmapi.KvCacheConfig`` (the stats then say the reuse is at its default)."""
+        """``KvCacheConfig(enable_block_reuse=library.prefix_caching, free_gpu_memory_fraction=...)``:
+        TensorRT-LLM reuses KV blocks across requests that share a prefix unless told not to (its default
+        is on); None where this tensorrt_llm has no ``llmapi.KvCacheConfig`` (the stats then say the reuse
+        is at its default)."""
         try:
             from tensorrt_llm.llmapi import KvCacheConfig
         except ImportError:
             self.stats["kv_block_reuse"] = "engine default (tensorrt_llm.llmapi.KvCacheConfig not found)"
             return None
         reuse = prefix_caching_setting(self.cfg)
-        self.stats["kv_block_reuse"] = reuse
-        return KvCacheConfig(enable_block_reuse=reuse)
+        fraction = free_gpu_memory_fraction(self.cfg["library"])
+        self.stats.update(kv_block_reuse=reuse, free_gpu_memory_fraction=fraction)
+        return KvCacheConfig(enable_block_reuse=reuse, free_gpu_memory_fraction=fraction)
 
     def load(self) -> None:
         LLM, _, SamplingParams, version = import_trtllm()
@@ -86,10 +94,13 @@ class TrtLlmBackend(Backend):
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         if self._llm is None:
             raise RuntimeError("TrtLlmBackend.generate called before load()")
+        if not requests:
+            return []  # LLM.generate reads inputs[0] to tell one prompt from a batch
         outputs = self._llm.generate([list(r.prompt_token_ids) for r in requests],
                                      sampling_params=self.sampling_params(requests), use_tqdm=False)
-        if len(outputs) != len(requests):
-            raise RuntimeError(f"LLM.generate returned {len(outputs)} outputs for {len(requests)} prompts")
+        if not isinstance(outputs, list) or len(outputs) != len(requests):
+            got = len(outputs) if isinstance(outputs, list) else f"one {type(outputs).__name__}"
+            raise RuntimeError(f"LLM.generate returned {got} outputs for {len(requests)} prompts")
         out = []
         for r, res in zip(requests, outputs):
             seqs = getattr(res, "outputs", None) or []

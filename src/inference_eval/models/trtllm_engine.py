@@ -5,11 +5,15 @@ TensorRT-LLM compiles an engine for one GPU kind, so engines live under
 ``ok`` (engine folder, build settings, time) or why there is none (``not_installed``, ``unsupported``,
 ``failed``). The batch backend reads that record, never guesses.
 
-API used (TensorRT-LLM >= 1.0): ``from tensorrt_llm._tensorrt_engine import LLM`` is the TensorRT
-engine flavour of the LLM API (``tensorrt_llm.LLM`` became the PyTorch flavour); releases before
-1.0 have only ``tensorrt_llm.LLM``, which builds engines. ``LLM(model=hf_dir, build_config=BuildConfig(...))``
-builds from a Hugging Face checkpoint (here the random-weight folder of the ``model_weights`` rule),
-``llm.save(engine_dir)`` writes ``config.json`` + ``rank0.engine``, and ``LLM(model=engine_dir)`` loads it.
+API used (TensorRT-LLM >= 1.0; pinned in ``envs/trtllm.in``, checked against its source in
+``docs/trtllm.md``): ``tensorrt_llm._tensorrt_engine.LLM`` is the TensorRT-engine flavour of the LLM API
+(``tensorrt_llm.LLM`` is the PyTorch flavour, which builds no engine); releases before 1.0 have only
+``tensorrt_llm.LLM``, which builds engines. ``LLM(model=hf_dir, tokenizer=..., dtype=...,
+build_config=BuildConfig(...))`` builds from a Hugging Face checkpoint (here the random-weight folder of
+the ``model_weights`` rule) and loads it; ``llm.save(engine_dir)`` copies the built engine
+(``config.json`` + ``rank0.engine``) into ``engine_dir``, and ``LLM(model=engine_dir)`` loads it.
+``BuildConfig`` and ``KvCacheConfig`` are pydantic models that reject unknown fields, so only fields that
+exist there are passed.
 """
 
 from __future__ import annotations
@@ -47,11 +51,14 @@ def import_trtllm() -> tuple[Any, Any, Any, str]:
         from tensorrt_llm._tensorrt_engine import LLM
     except ImportError:
         from tensorrt_llm import LLM  # releases before 1.0: the LLM API builds TensorRT engines
-    try:
-        from tensorrt_llm import BuildConfig
+    try:  # the LLM API's public home of both (trtllm-serve imports BuildConfig from there too)
+        from tensorrt_llm.llmapi import BuildConfig, SamplingParams
     except ImportError:
-        from tensorrt_llm.builder import BuildConfig
-    from tensorrt_llm import SamplingParams
+        try:
+            from tensorrt_llm import BuildConfig
+        except ImportError:
+            from tensorrt_llm.builder import BuildConfig
+        from tensorrt_llm import SamplingParams
 
     return LLM, BuildConfig, SamplingParams, getattr(tensorrt_llm, "__version__", "unknown")
 
@@ -65,6 +72,23 @@ def build_settings(spec: ModelSpec, library_cfg: Mapping[str, Any]) -> dict[str,
         "max_seq_len": max_seq_len,
         "max_input_len": int(library_cfg.get("max_input_len") or max_seq_len - 1),
     }
+
+
+DEFAULT_FREE_GPU_MEMORY_FRACTION = 0.9  # trtllm-serve's --free_gpu_memory_fraction default
+
+
+def free_gpu_memory_fraction(library_cfg: Mapping[str, Any]) -> float:
+    """``library.free_gpu_memory_fraction``: the share of free GPU memory (after weights) that the KV cache
+    takes, in (0, 1]; batch and serving pass the same value."""
+    value = library_cfg.get("free_gpu_memory_fraction")
+    value = DEFAULT_FREE_GPU_MEMORY_FRACTION if value is None else value
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"library.free_gpu_memory_fraction must be a number in (0, 1], got {value!r}")
+    return fraction
 
 
 def llm_dtype(spec: ModelSpec) -> str:

@@ -14,8 +14,9 @@ Request schemas (checked against each server's own request model):
   streamer from ids); no ``[DONE]``.
 - DeepSpeed-MII (``python -m mii.entrypoints.openai_api_server``, which calls ``mii.serve``): text
   prompts, ``min_tokens``; text-only chunks, certified by ``finish_reason == "length"``.
-- TensorRT-LLM (``trtllm-serve``): vLLM-like schema (token-id prompts, ``ignore_eos``, ``min_tokens``,
-  ``stream_options.include_usage``).
+- TensorRT-LLM (``trtllm-serve``): token-id prompts, ``ignore_eos``, ``min_tokens``,
+  ``stream_options.include_usage``; its request model forbids unknown fields (a 400), so nothing
+  vLLM-only (``return_token_ids``) is sent (docs/trtllm.md).
 """
 
 from __future__ import annotations
@@ -327,6 +328,8 @@ class TrtLlmServer(ServerSpec):
         return None
 
     def command(self, cfg, files, host, port, api_key):
+        from inference_eval.models.trtllm_engine import free_gpu_memory_fraction
+
         lib = cfg["library"]
         engine = _trtllm_engine_dir(files.engine_record)
         model = engine or str(files.weights_dir or files.hf_dir)
@@ -338,25 +341,35 @@ class TrtLlmServer(ServerSpec):
             argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
         else:
             argv += ["--backend", "pytorch"]
-        # KV-block reuse across requests (its prefix cache, on by default) as library.prefix_caching says
-        argv += ["--extra_llm_api_options", str(_trtllm_options_file(prefix_caching_setting(cfg)))]
+        # KV-block reuse across requests (its prefix cache, on by default) as library.prefix_caching says.
+        # trtllm-serve replaces its whole kv_cache_config with the file's, so the file also carries the
+        # KV-cache memory share (else --free_gpu_memory_fraction would be dropped for KvCacheConfig's default).
+        options = _trtllm_options_file(prefix_caching_setting(cfg), free_gpu_memory_fraction(lib))
+        argv += ["--extra_llm_api_options", str(options)]
         return LaunchCommand(argv, {}, ())
 
     def body(self, request, model_name, prompt_text=None):
+        # Every key must be a CompletionRequest field (extra="forbid"). temperature 0 is greedy; the usage
+        # chunk (stream_options.include_usage) carries completion_tokens, counted from ids by the server.
         n = request.max_tokens
         return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
                 "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
 
 
-def _trtllm_options_file(block_reuse: bool) -> Path:
+def _trtllm_options_file(block_reuse: bool, memory_fraction: float) -> Path:
     """A YAML of LLM-API options for ``trtllm-serve --extra_llm_api_options`` (named by its content, so
-    repeated launches share one file)."""
+    repeated launches with the same settings share one file and different settings never clash)."""
+    import hashlib
     import tempfile
 
-    text = f"kv_cache_config:\n  enable_block_reuse: {'true' if block_reuse else 'false'}\n"
-    path = Path(tempfile.gettempdir()) / f"inference-eval-trtllm-options-{'reuse' if block_reuse else 'noreuse'}.yaml"
+    text = (f"kv_cache_config:\n  enable_block_reuse: {'true' if block_reuse else 'false'}\n"
+            f"  free_gpu_memory_fraction: {memory_fraction!r}\n")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"inference-eval-trtllm-options-{digest}.yaml"
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic: a concurrent launch never reads half a file
     return path
 
 
