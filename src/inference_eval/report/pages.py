@@ -162,7 +162,7 @@ def run_summary_fragment(hardware: str, tables: Mapping[str, pd.DataFrame], serv
                      + html.escape(", ".join(p.stem for p in serving)) + ").</p>")
     if coefficients is not None:
         coef = pd.read_csv(coefficients)
-        parts.append(f"<p><b>Per-module analysis</b>: time model fitted for "
+        parts.append("<p><b>Per-module analysis</b>: time model fitted for "
                      + html.escape(", ".join(sorted({f"{r.library} {r.stage}" for r in coef.itertuples()})))
                      + ".</p>")
     vers = versions(records)
