@@ -6,28 +6,20 @@
 #   results/{hardware}/SUMMARY.md                the tables' numbers in Markdown
 
 
-def batch_settings(wc):
-    """Rows, repeats and warm-up passes of a batch job (the captions quote them)."""
-    from inference_eval.batch import batch_repeats
+from inference_eval.report import captions as report_captions  # noqa: E402
 
-    cfg = PIPELINE.job(dataset=wc.dataset, hardware=wc.hardware, scenario="batch")
-    return {"limit": cfg["dataset"].get("limit"), "repeats": batch_repeats(cfg),
-            "warmup_repeats": batch_repeats(cfg, warmup=True)}
+
+def batch_settings(wc):
+    return report_captions.batch_settings(PIPELINE.job(dataset=wc.dataset, hardware=wc.hardware, scenario="batch"))
 
 
 def serving_settings(wc):
-    from inference_eval.serving.sweep import ServingSettings
-
-    cfg = PIPELINE.job(dataset=wc.dataset, library=wc.library, model=wc.model, hardware=wc.hardware,
-                       scenario="serving")
-    st = ServingSettings.from_cfg(cfg)
-    return {"rates": ", ".join(f"{r:g}" for r in st.rates), "num_requests": st.num_requests,
-            "drop_first": st.drop_first, "drop_last": st.drop_last, "arrival": st.arrival}
+    return report_captions.serving_settings(PIPELINE.job(dataset=wc.dataset, library=wc.library, model=wc.model,
+                                                         hardware=wc.hardware, scenario="serving"))
 
 
 def profiling_caption_settings(wc):
-    st = profiling_settings(wc.hardware)
-    return {"model": st["model"], "repeats": st["repeats"], "warmup": st["warmup"]}
+    return report_captions.profiling_settings(PIPELINE.job(hardware=wc.hardware))
 
 
 # kind: (CSV pattern without .csv, caption, category, subcategory, label, settings function or None)

@@ -5,6 +5,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,55 @@ def test_summary_markdown_of_the_committed_h200_results_matches_its_file():
 def test_summary_rejects_a_file_that_is_not_a_dataset_table(tmp_path):
     with pytest.raises(ValueError, match="coefficients.csv"):
         summary.read_tables([tmp_path / "coefficients.csv"])
+
+
+def caption_contexts():
+    """Every caption in report/ with the wildcards and params.settings of a job that registers it, for the
+    H200 profile (GPU serving and profiling settings; the CPU run in this file covers the CPU ones)."""
+    from inference_eval.config import PipelineConfig
+    from inference_eval.report import captions
+
+    pipe = PipelineConfig.from_snakemake({"hardware": "h200", "model": "llama2-7b"})
+    hw = {"hardware": "h200"}
+    batch = captions.batch_settings(pipe.job(dataset="s2s", hardware="h200", scenario="batch"))
+    serving = captions.serving_settings(pipe.job(dataset="l2s", library="vllm", model="llama2-7b", hardware="h200",
+                                                 scenario="serving"))
+    prof = captions.profiling_settings(pipe.job(hardware="h200"))
+    return {
+        "datasets_lengths.rst": ({"variant": "real"}, {}), "datasets_summary.rst": ({"variant": "real"}, {}),
+        "batch_table.rst": ({**hw, "dataset": "s2s"}, batch), "batch_bound.rst": ({**hw, "dataset": "s2s"}, {}),
+        "throughput.rst": (hw, {}), "serving_figure.rst": ({**hw, "dataset": "l2s"}, {}),
+        "serving_table.rst": ({**hw, "library": "vllm", "model": "llama2-7b", "dataset": "l2s"}, serving),
+        "theory_ops.rst": ({**hw, "model": "llama2-7b", "batch": "8", "seq": "512"}, {}),
+        "theory_roofline.rst": ({**hw, "model": "llama2-7b"}, {}),
+        "module_table.rst": ({**hw, "variant": "vllm", "stage": "decode", "sweep": "seq"}, prof),
+        "module_shares.rst": (hw, {}), "coefficients.rst": (hw, prof), "time_model_points.rst": (hw, prof),
+        "time_model_fit.rst": (hw, {}), "run_summary.rst": (hw, {}),
+    }
+
+
+def test_every_caption_renders_with_its_jobs_wildcards_and_settings():
+    from types import SimpleNamespace
+
+    import jinja2
+    from docutils.core import publish_parts
+
+    contexts = caption_contexts()
+    files = {p.name for p in (REPO / "report").glob("*.rst")} - {"workflow.rst"}
+    assert files == set(contexts), files ^ set(contexts)
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    for name, (wildcards, settings) in contexts.items():
+        smk = SimpleNamespace(wildcards=SimpleNamespace(**wildcards), params=SimpleNamespace(settings=settings),
+                              config={})
+        text = env.from_string((REPO / "report" / name).read_text()).render(snakemake=smk)
+        sentences = len(re.findall(r"[.!?](\s|$)", text.strip()))
+        assert 2 <= sentences <= 6, (name, text)
+        body = publish_parts(text, writer="html", settings_overrides={"halt_level": 2})["body"]
+        assert "<p>" in body, name
+    serving_text = env.from_string((REPO / "report" / "serving_table.rst").read_text()).render(
+        snakemake=SimpleNamespace(wildcards=SimpleNamespace(**contexts["serving_table.rst"][0]),
+                                  params=SimpleNamespace(settings=contexts["serving_table.rst"][1]), config={}))
+    assert "1, 2, 4, 8, 16, 32 req/s" in serving_text and "1000 requests per rate" in serving_text
 
 
 @pytest.fixture(scope="module")
