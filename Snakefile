@@ -2,6 +2,7 @@
 #   snakemake --cores 8 all                         this machine's hardware (detected), embedded default
 #   snakemake --cores 8 results/a100/s2s_table.csv  any output is a target; its path names the hardware
 #   snakemake --cores 8 all --config model=llama2-7b overrides="dataset.limit=64"
+#   snakemake --report report.html                  the report of what `all` made (after the line above)
 include: "rules/common.smk"
 include: "rules/resources.smk"
 include: "rules/datasets.smk"
@@ -11,9 +12,15 @@ include: "rules/serving.smk"
 include: "rules/theory.smk"
 include: "rules/profiling.smk"
 include: "rules/report.smk"
+include: "rules/report_pages.smk"
+
+
+# The front page of `snakemake --report report.html` (captions of the items: report/*.rst).
+report: "report/workflow.rst"
 
 
 rule all:
     input:
         all_targets(PIPELINE.hardware),
+        report_targets(PIPELINE.hardware),
     default_target: True

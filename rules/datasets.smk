@@ -42,7 +42,8 @@ rule dataset_figures:
         manifests=lambda wc: expand(f"{RESULTS}/datasets/{{member}}/manifest.json",
                                     member=dataset_variant_members(wc.variant)),
     output:
-        figure=f"{RESULTS}/datasets/figures/{{variant}}_lengths.png",
+        figure=report(f"{RESULTS}/datasets/figures/{{variant}}_lengths.png", caption="../report/datasets_lengths.rst",
+                      category="Datasets", subcategory="{variant}", labels={"shows": "length distributions (figure)"}),
         summary=f"{RESULTS}/datasets/{{variant}}_summary.csv",
     wildcard_constraints:
         variant="synthetic|real",

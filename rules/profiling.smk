@@ -103,8 +103,10 @@ rule module_figures:
         points=lambda wc: [points_file(wc.hardware, v) for v in profiled_variants(wc.hardware)],
         coefficients=RESULTS + "/{hardware}/coefficients.csv",
     output:
-        shares=RESULTS + "/{hardware}/figures/module_shares.png",
-        fit=RESULTS + "/{hardware}/figures/time_model_fit.png",
+        shares=report(RESULTS + "/{hardware}/figures/module_shares.png", caption="../report/module_shares.rst",
+                      category="Modules", subcategory="all libraries", labels={"shows": "per-op time shares (figure)"}),
+        fit=report(RESULTS + "/{hardware}/figures/time_model_fit.png", caption="../report/time_model_fit.rst",
+                   category="Time model", subcategory="fit", labels={"shows": "measured vs predicted (figure)"}),
     localrule: True
     script:
         "../workflow_scripts/module_figures.py"

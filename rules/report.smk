@@ -23,7 +23,8 @@ rule throughput_figure:
     input:
         tables=expand(f"{RESULTS}/{{{{hardware}}}}/{{dataset}}_table.csv", dataset=PIPELINE.datasets),
     output:
-        f"{RESULTS}/{{hardware}}/figures/throughput.png",
+        report(f"{RESULTS}/{{hardware}}/figures/throughput.png", caption="../report/throughput.rst",
+               category="Batch", subcategory="all datasets", labels={"shows": "throughput per library (figure)"}),
     params:
         datasets=PIPELINE.datasets,
     localrule: True

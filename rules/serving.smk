@@ -54,7 +54,8 @@ rule serving_figure:
         sweeps=lambda wc: [record_or_slurm_failure(serving_csv(wc.hardware, lib, m, wc.dataset))
                            for lib in PIPELINE.libraries for m in PIPELINE.models],
     output:
-        f"{RESULTS}/{{hardware}}/figures/serving_{{dataset}}.png",
+        report(f"{RESULTS}/{{hardware}}/figures/serving_{{dataset}}.png", caption="../report/serving_figure.rst",
+               category="Serving", subcategory="{dataset}", labels={"shows": "serving curves (figure)"}),
     localrule: True
     script:
         "../workflow_scripts/serving_figures.py"

@@ -36,7 +36,8 @@ rule theory_roofline:
     input:
         table=RESULTS + f"/{{hardware}}/theory/{{model}}_ops_b{THEORY_BATCH}_s{THEORY_SEQ}.csv",
     output:
-        figure=RESULTS + "/{hardware}/theory/{model}_roofline.png",
+        figure=report(RESULTS + "/{hardware}/theory/{model}_roofline.png", caption="../report/theory_roofline.rst",
+                      category="Theory", subcategory="{model}", labels={"shows": "roofline (figure)"}),
     params:
         cfg=lambda wc: job_params(wc),
     localrule: True

