@@ -57,6 +57,7 @@ CPU_LOCALRULES = [
     "dataset_table", "throughput_figure",        # rules/report.smk
     "serving_figure",                            # rules/serving.smk
     "fit_coefficients", "module_figures",        # rules/profiling.smk
+    "results_summary",                           # rules/report_pages.smk (and its report_html_<kind> rules)
 ]
 
 
