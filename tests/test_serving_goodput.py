@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from serving_fixtures import loopback_sweep, write_rows
-from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.serving.client import ServedCompletion
 from inference_eval.serving.metrics import goodput_knee, goodput_metrics, slo_for
 from inference_eval.serving.servers import LoopbackServer

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from inference_eval.redaction import redact_with_digest
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "library", "model", "hardware", "scenario")
 # Plain `--config` keys that are not Hydra overrides.
@@ -199,8 +201,6 @@ class JobConfig(dict):
     and the like) only as digests. Pickled (the job script's copy) it is a plain dict, secrets included."""
 
     def __repr__(self) -> str:
-        from inference_eval.report.provenance import redact_with_digest
-
         return repr(redact_with_digest(dict(self)))
 
     def __reduce__(self):
