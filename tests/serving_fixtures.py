@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.serving.launch import TAG_ENV
 from inference_eval.serving.procaudit import ProcessAudit
 from inference_eval.serving.servers import LoopbackServer

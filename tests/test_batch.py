@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from batch_fixtures import MIXED, job_config, tiny_model_dir, write_rows
-from inference_eval.backends.base import ModelFiles
 from inference_eval.batch import _describe_exit, batch_requests, peak_memory, run_batch, worker_timeout_s
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import run_limits
 
 RECORD_KEYS = {"kind", "library", "model", "dataset", "dataset_member", "dataset_source", "synthetic", "hardware",

@@ -134,3 +134,109 @@ def test_job_params_never_show_secrets_to_snakemake(monkeypatch):
     assert repr(other.job(dataset="s2s", library="vllm", scenario="serving")) != repr(job)  # a new key reruns
     copy = pickle.loads(pickle.dumps(job))  # what the job script gets
     assert type(copy) is dict and copy["scenario"]["api_key"] == secret
+
+
+# -- schemas (conf/schema/*.yaml), checked when composing ------------------------------------------
+WRONG_VALUES = [
+    # (overrides, job choices or None for the root compose, what the message must say)
+    ("dataset.limit=abc", None, ["dataset.limit = 'abc'", "an integer >= 1 or null", "conf/dataset/s2s-synthetic.yaml"]),
+    ("dataset.profile.output_tokens.dist=normal", None,
+     ["dataset.profile.output_tokens.dist = 'normal'", "one of 'fixed', 'uniform', 'lognormal'"]),
+    ("library.batch_size=big", None, ["library.batch_size = 'big'", "an integer >= 1 or 'auto' or null"]),
+    ("library.gguf_dtype=q4", {"library": "llamacpp"}, ["library.gguf_dtype = 'q4'", "one of 'f32', 'f16', 'bf16'",
+                                                       "conf/library/llamacpp.yaml"]),
+    ("library.gpu_memory_utilization=1.5", {"library": "vllm"}, ["library.gpu_memory_utilization = 1.5", "<= 1"]),
+    ("model.num_layers=two", None, ["model.num_layers = 'two'", "an integer >= 1", "conf/model/tiny-llama.yaml"]),
+    ("model.dtype=fp16", None, ["model.dtype = 'fp16'", "one of 'float32', 'float16', 'bfloat16'"]),
+    ("hardware.memory_gb=lots", None, ["hardware.memory_gb = 'lots'", "a number > 0"]),
+    ("hardware.scale.batch_repeats=0", None, ["hardware.scale.batch_repeats = 0", "an integer >= 1"]),
+    ("scenario.warmup_requests=some", None, ["scenario.warmup_requests = 'some'", "an integer >= 0 or null"]),
+    ("scenario.arrival=burst", {"scenario": "serving"}, ["scenario.arrival = 'burst'",
+                                                         "one of 'poisson', 'gamma', 'constant' or null"]),
+    ("scenario.rates=[2,-1]", {"scenario": "serving"}, ["scenario.rates[1] = -1", "a number > 0"]),
+    ("seed=abc", None, ["config key seed = 'abc'", "an integer >= 0"]),
+    ("matrix.fine_grain=maybe", None, ["matrix.fine_grain = 'maybe'", "true or false"]),
+    ("profiling.repeats=0", None, ["profiling.repeats = 0", "an integer >= 1 or null"]),
+    ("results_dir=null", None, ["results_dir = null", "a non-empty string"]),
+]
+
+
+@pytest.mark.parametrize("override, job, expected", WRONG_VALUES, ids=[w[0] for w in WRONG_VALUES])
+def test_a_wrong_value_fails_at_compose_naming_key_value_and_allowed(monkeypatch, override, job, expected):
+    monkeypatch.setenv("INFERENCE_EVAL_HARDWARE", "cpu")
+    with pytest.raises(ConfigError) as err:  # the default matrix has every library and scenario
+        PipelineConfig.from_snakemake({"overrides": override})
+    for text in expected:
+        assert text in str(err.value), (text, str(err.value))
+    if job is not None:  # a key of another member than the root's: with that member out of the matrix, it
+        p = PipelineConfig.from_snakemake({"overrides": f"{override} matrix.libraries=[transformers] "
+                                                        "matrix.scenarios=[batch]"})  # fails when a job composes it
+        with pytest.raises(ConfigError) as err:
+            p.job(dataset="s2s", **job)
+        for text in expected:
+            assert text in str(err.value), (text, str(err.value))
+
+
+def test_nested_unknown_keys_and_cross_key_checks():
+    with pytest.raises(ConfigError, match=r"unknown config key scenario\.slo\.s9.*'default', 's2s'"):
+        compose(["scenario=serving", "+scenario.slo.s9={ttft_s: 1}"])
+    with pytest.raises(ConfigError, match=r"unknown config key hardware\.measured\.bw.*bandwidth_gbs"):
+        compose(["hardware=h100", "+hardware.measured.bw=3"])
+    with pytest.raises(ConfigError, match=r"scenario\.search\.growth = 0\.5 is not allowed; expected a number > 1"):
+        compose(["scenario=serving", "scenario.search={growth: 0.5}"])
+    with pytest.raises(ConfigError, match=r"dataset\.source = 'vicuna' has no entry under dataset\.sources"):
+        compose(["dataset=s2s", "dataset.source=vicuna"])
+    with pytest.raises(ConfigError, match=r"dataset\.source = 'paper'.*expected 'synthetic'"):
+        compose(["dataset.source=paper"])  # a synthetic member
+    with pytest.raises(ConfigError, match=r"profiling\.model = 'llama-99b' is not a conf/model member"):
+        compose(["profiling.model=llama-99b"])
+    with pytest.raises(ConfigError, match=r"not divisible by num_heads 3"):  # ModelSpec's shape checks
+        compose(["model.num_heads=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key foo; valid root keys: .*results_dir"):
+        compose(["+foo=1"])
+
+
+def test_library_registry_keys_pass_unchecked():
+    cfg = compose(["+library.packages=[torch]", "+library.server={module: x}", "library.label=7"])
+    assert cfg["library"]["packages"] == ["torch"] and cfg["library"]["label"] == 7
+
+
+def test_values_the_consumers_accept_pass():
+    assert compose(["library.batch_size=AUTO"])["library"]["batch_size"] == "AUTO"
+    assert compose(["library.batch_size=16"])["library"]["batch_size"] == 16
+    serving = compose(["scenario=serving", "scenario.rates=4.0", "scenario.search={enabled: true, max_points: 9}",
+                       "+scenario.slo.s2s.e2e_s=30"])
+    assert serving["scenario"]["rates"] == 4.0 and serving["scenario"]["slo"]["s2s"] == {"e2e_s": 30}
+    assert compose(["dataset=s2s", "dataset.limit=null", "dataset.sha256=" + "a" * 64])["dataset"]["limit"] is None
+
+
+def test_schema_enums_match_their_consumers():
+    """The schema's allowed values are the ones the code that reads the key accepts."""
+    from inference_eval.backends.batch_sizing import AUTO
+    from inference_eval.backends.transformers_backend import ATTN_IMPLEMENTATIONS
+    from inference_eval.config_schema import schema
+    from inference_eval.datasets.build import SOURCES, TASKS
+    from inference_eval.models.gguf_writer import GGUF_DTYPES
+    from inference_eval.models.spec import DTYPES, FAMILIES
+    from inference_eval.profiling.runners import VARIANTS
+    from inference_eval.profiling.sweep import DEFAULTS
+    from inference_eval.serving.metrics import SLO_KEYS
+    from inference_eval.serving.rate_search import SearchSettings
+    from inference_eval.serving.schedule import ARRIVALS
+
+    ds, lib, model, sc, root = (schema(g) for g in ("dataset", "library", "model", "scenario", "config"))
+    assert tuple(ds["properties"]["name"]["enum"]) == TASKS and tuple(ds["properties"]["source"]["enum"]) == SOURCES
+    assert tuple(lib["properties"]["gguf_dtype"]["enum"]) == GGUF_DTYPES
+    assert tuple(lib["properties"]["attn_implementation"]["anyOf"][0]["enum"]) == ATTN_IMPLEMENTATIONS
+    assert AUTO == "auto" and "'auto'" in lib["properties"]["batch_size"]["anyOf"][1]["title"]
+    assert tuple(model["properties"]["family"]["enum"]) == FAMILIES
+    assert tuple(model["properties"]["dtype"]["enum"]) == DTYPES
+    assert tuple(sc["properties"]["arrival"]["anyOf"][0]["enum"]) == ARRIVALS
+    slo_entry = sc["properties"]["slo"]["anyOf"][1]["additionalProperties"]["anyOf"][1]
+    assert tuple(slo_entry["properties"]) == SLO_KEYS
+    search = sc["properties"]["search"]["anyOf"][1]["properties"]
+    assert tuple(search) == tuple(SearchSettings.__dataclass_fields__)
+    profiling = root["properties"]["profiling"]["anyOf"][1]["properties"]
+    assert set(profiling) == set(DEFAULTS["gpu"]) == set(DEFAULTS["cpu"])
+    assert tuple(profiling["libraries"]["anyOf"][0]["items"]["enum"]) == tuple(VARIANTS)
+    assert set(profiling["ncu"]["anyOf"][1]["properties"]) == set(DEFAULTS["gpu"]["ncu"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_eval.config import compose
+from inference_eval.config import ConfigError, compose
 from inference_eval.datasets import readers, rules
 from inference_eval.datasets.build import build_and_write, build_dataset, write_dataset
 from inference_eval.datasets.sources import download, local_source_paths, resolve_file, source_file_specs
@@ -68,8 +68,12 @@ def test_limit_and_cap_overrides():
     built = build_dataset(compose(["dataset=s2l-synthetic", "dataset.limit=100", "dataset.max_tokens_cap=500"]))
     assert len(built.rows) == 100 and built.manifest["rows_before_limit"] == 1000
     assert max(r.max_tokens for r in built.rows) == 500
+    with pytest.raises(ConfigError, match=r"dataset.limit = 0 is not allowed; expected an integer >= 1 or null"):
+        compose(["dataset=s2l-synthetic", "dataset.limit=0"])  # the schema stops it when composing
+    bad = compose(["dataset=s2l-synthetic"])
+    bad["dataset"]["limit"] = 0  # a config that bypassed composition still fails in the builder
     with pytest.raises(DatasetError, match="limit must be a positive integer"):
-        build_dataset(compose(["dataset=s2l-synthetic", "dataset.limit=0"]))
+        build_dataset(bad)
 
 
 def test_write_dataset_rows_and_manifest(tmp_path):
@@ -220,8 +224,12 @@ def test_top_level_path_replaces_the_default_file():
     assert len(source_file_specs(compose(["dataset=l2s", "dataset.url=http://x/y.json"])["dataset"])) == 1
     cfg = compose(["dataset=s2s", f"data_root={FIXTURES}"])
     assert local_source_paths(cfg) == []  # not under the fixture root: would be downloaded
+    with pytest.raises(ConfigError, match="dataset.source = 'alpacca' is not allowed"):
+        compose(["dataset=s2s", "dataset.source=alpacca"])  # the schema stops it when composing
+    bad = compose(["dataset=s2s"])["dataset"]
+    bad["source"] = "alpacca"
     with pytest.raises(DatasetError, match="unknown source 'alpacca'"):
-        source_file_specs(compose(["dataset=s2s", "dataset.source=alpacca"])["dataset"])
+        source_file_specs(bad)
 
 
 @pytest.fixture()

@@ -51,8 +51,8 @@ def test_every_library_states_every_setting_and_prefix_caching_is_off_by_default
 
 
 def test_prefix_caching_config_is_checked_and_applied_to_backend_and_server():
-    from inference_eval.backends.base import ModelFiles
     from inference_eval.backends.vllm_backend import VllmBackend
+    from inference_eval.models.files import ModelFiles
     from inference_eval.serving.servers import server_spec
 
     files = ModelFiles(hf_dir="/tmp/hf")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from inference_eval.backends.base import BackendUnavailable, BackendUnsupported, ModelFiles
+from inference_eval.backends.base import BackendUnavailable, BackendUnsupported
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request, check_lengths
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -89,7 +90,7 @@ def test_gpu_layers_only_on_gpu_hardware(tiny_gguf):
 
 def test_context_is_the_models_unless_the_library_sets_it():
     """A 16k model gets 16k tokens of context in batch and serving alike, with no override."""
-    from inference_eval.backends.llamacpp_backend import context_length
+    from inference_eval.models.context import context_length
     from inference_eval.serving.servers import SERVERS
 
     cfg = job_cfg()

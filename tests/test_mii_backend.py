@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from inference_eval.backends.base import BackendUnavailable, BackendUnsupported, ModelFiles
+from inference_eval.backends.base import BackendUnavailable, BackendUnsupported
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request, check_lengths
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

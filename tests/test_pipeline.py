@@ -87,6 +87,24 @@ def test_unknown_config_key_stops(tmp_path):
     assert "modle" in text and "valid keys" in text
 
 
+def test_wrong_config_value_stops_before_any_job(tmp_path):
+    # a root key: the parse-time compose stops (common.smk), naming the key, the value and what is allowed
+    # (the target's one job is build_dataset, the consumer of dataset.limit: the error comes before it)
+    results = tmp_path / "results"
+    out = snakemake([f"{results}/datasets/s2s-synthetic/manifest.json", "--config", "overrides=dataset.limit=abc"],
+                    results)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "configuration error" in text and "dataset.limit = 'abc'" in text and "an integer >= 1 or null" in text
+    assert "Job stats" not in text and not results.exists()
+    # a key of one library's member (llama.cpp's): every member of the matrix is composed at parse time too
+    out = snakemake(["-n", "all", "--config", "overrides=library.gguf_dtype=q4"], results)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "configuration error" in text and "library.gguf_dtype = 'q4'" in text and "one of 'f32', 'f16', 'bf16'" in text
+    assert "Job stats" not in text and not results.exists()
+
+
 @pytest.mark.slow
 def test_reduced_default_end_to_end_and_rerun_is_noop(tmp_path):
     results = tmp_path / "results"

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.serving.launch import TAG_ENV
 from inference_eval.serving.procaudit import ProcessAudit
 from inference_eval.serving.servers import server_spec

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from serving_fixtures import loopback_sweep, write_rows
-from inference_eval.backends.base import ModelFiles
-from inference_eval.config import compose
+from inference_eval.config import ConfigError, compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.serving.client import ServedCompletion
 from inference_eval.serving.metrics import goodput_knee, goodput_metrics, slo_for
 from inference_eval.serving.servers import LoopbackServer
@@ -80,8 +80,11 @@ def test_sweep_rows_carry_goodput_and_the_record_its_knee(rows, tmp_path, monkey
 
 
 def test_a_bad_slo_stops_the_sweep_naming_the_key(rows, tmp_path):
-    cfg = compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu",
-                   "+scenario.slo.s2s.ttft_s=abc"])
+    with pytest.raises(ConfigError, match=r"scenario\.slo\.s2s\.ttft_s = 'abc' is not allowed"):
+        compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu",
+                 "+scenario.slo.s2s.ttft_s=abc"])  # the schema stops it when composing
+    cfg = compose(["scenario=serving", "library=vllm", "model=tiny-llama", "hardware=cpu"])
+    cfg["scenario"]["slo"]["s2s"] = {"ttft_s": "abc"}  # a config that bypassed composition: the sweep stops
     with pytest.raises(ServingConfigError, match="ttft_s must be a positive number"):
         run_sweep(cfg, rows, ModelFiles(), tmp_path / "out.csv", tmp_path / "run", spec=LoopbackServer(), dataset="s2s")
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request
 from inference_eval.serving.launch import TAG_ENV, start_server
 from inference_eval.serving.procaudit import ProcessAudit
@@ -148,8 +148,8 @@ def test_llamacpp_request_masks_eos_until_max_tokens():
 def test_trtllm_serve_is_launched_from_where_it_was_found(tmp_path, monkeypatch):
     import sys as _sys
 
-    from inference_eval.backends.base import ModelFiles
     from inference_eval.config import compose
+    from inference_eval.models.files import ModelFiles
 
     exe = tmp_path / "bin" / "python"
     exe.parent.mkdir()

@@ -6,7 +6,7 @@ import pytest
 
 from batch_fixtures import MIXED, job_config, requests_from, tiny_model_dir
 from inference_eval.backends import batch_sizing as batching
-from inference_eval.backends.base import ModelFiles
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request, check_lengths
 from inference_eval.theory.ops import ModelShape
 

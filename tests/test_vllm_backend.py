@@ -8,8 +8,9 @@ import importlib.util
 import pytest
 
 from batch_fixtures import MIXED, job_config, tiny_model_dir, write_rows
-from inference_eval.backends.base import BackendUnsupported, ModelFiles
+from inference_eval.backends.base import BackendUnsupported
 from inference_eval.backends.vllm_backend import VllmBackend
+from inference_eval.models.files import ModelFiles
 
 
 def test_engine_args_use_dummy_weights_and_config_values():

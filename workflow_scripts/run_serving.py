@@ -1,8 +1,8 @@
 """Snakemake entry of rule serving_sweep: check the hardware, then run the rate sweep."""
 from pathlib import Path
 
-from inference_eval.backends.base import ModelFiles
 from inference_eval.hardware import cap_thread_env, ensure_local_hardware
+from inference_eval.models.files import ModelFiles
 from inference_eval.serving.sweep import run_sweep
 
 cfg = snakemake.params.cfg

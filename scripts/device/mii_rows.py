@@ -63,8 +63,8 @@ def pack(out: Path) -> None:
 
 
 def run(folder: Path, out: Path, budget: float) -> int:
-    from inference_eval.backends.base import ModelFiles
     from inference_eval.batch import run_batch
+    from inference_eval.models.files import ModelFiles
     from inference_eval.serving.sweep import run_sweep
 
     t0 = time.monotonic()

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from inference_eval import fairness
-from inference_eval.backends.base import ModelFiles
+from inference_eval.datasets.manifest import read_manifest
 from inference_eval.io import atomic_path, write_json
+from inference_eval.models.files import ModelFiles
 from inference_eval.report.uncertainty import coefficient_of_variation, mean_ci95
 from inference_eval.requests import Request, load_requests, run_limits, run_requests
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
@@ -57,17 +58,6 @@ OOM_MARKERS = ("outofmemoryerror", "out of memory", "cannot allocate memory", "m
 def batch_requests(rows_path: str | Path, cfg: Mapping[str, Any]) -> tuple[list[Request], int]:
     """The requests of this run (first ``limit`` rows, ``max_tokens`` capped) and the dataset's row count."""
     return run_requests(rows_path, cfg), len(load_requests(rows_path))
-
-
-def dataset_manifest(rows_path: str | Path) -> dict[str, Any]:
-    """The dataset's manifest beside its rows (``{}`` where there is none, e.g. in unit tests)."""
-    path = Path(rows_path).with_name("manifest.json")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"unreadable dataset manifest {path}: {exc}") from exc
 
 
 def worker_timeout_s(cfg: Mapping[str, Any]) -> float:
@@ -393,7 +383,7 @@ def write_requests_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> N
 
 def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequence[Request], dataset_rows: int,
                  result: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], prov: dict[str, Any]) -> dict:
-    manifest = dataset_manifest(rows_path)
+    manifest = read_manifest(rows_path)
     dataset_cfg = cfg.get("dataset") or {}
     gpu = (cfg.get("hardware") or {}).get("kind") == "gpu"
     status = result.get("status") or "failed"

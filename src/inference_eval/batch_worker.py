@@ -14,8 +14,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from inference_eval.backends.base import Backend, ModelFiles, load_backend_class
+from inference_eval.backends.base import Backend, load_backend_class
 from inference_eval.io import write_json
+from inference_eval.models.files import ModelFiles
 
 if TYPE_CHECKING:
     from inference_eval.requests import Request

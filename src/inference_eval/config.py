@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from inference_eval import config_schema
+from inference_eval.redaction import redact_with_digest
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "library", "model", "hardware", "scenario")
 # Plain `--config` keys that are not Hydra overrides.
@@ -22,7 +25,8 @@ SNAKEMAKE_KEYS = ("overrides",)
 
 
 class ConfigError(ValueError):
-    """A bad override or config value; the message lists the valid choices."""
+    """A bad override or config value; the message lists the valid choices (for a value, the key, the
+    value and what its schema in ``conf/schema/`` allows)."""
 
 
 def conf_dir() -> Path:
@@ -113,6 +117,16 @@ def default_members() -> dict[str, str]:
     return out
 
 
+def chosen_members(overrides: Iterable[str]) -> dict[str, str]:
+    """The member of each group a compose with ``overrides`` uses (the defaults, then ``group=member``)."""
+    chosen = dict(default_members())
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if sep and key in GROUPS:
+            chosen[key] = value.strip("'\"")
+    return chosen
+
+
 def applicable_overrides(overrides: list[str]) -> list[str]:
     """Drop ``group.key=value`` overrides that belong to another member of the group than the one chosen.
 
@@ -120,11 +134,7 @@ def applicable_overrides(overrides: list[str]) -> list[str]:
     jobs, ``library.gguf_dtype=bf16`` for llama.cpp jobs; a batch or vLLM job composes without them.
     A key that no member of the group has is a typo and stops with the valid keys listed.
     """
-    chosen = dict(default_members())
-    for ov in overrides:
-        key, sep, value = ov.partition("=")
-        if sep and key in GROUPS:
-            chosen[key] = value.strip("'\"")
+    chosen = chosen_members(overrides)
     out = []
     for ov in overrides:
         m = _OVERRIDE.match(ov)
@@ -151,6 +161,7 @@ def compose(overrides: Iterable[str] = ()) -> dict:
 
     overrides = [_quote_numeric_choice(o) for o in overrides]
     validate_overrides(overrides)
+    members = chosen_members(overrides)
     overrides = applicable_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -159,6 +170,10 @@ def compose(overrides: Iterable[str] = ()) -> dict:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
     assert isinstance(resolved, dict)
+    try:
+        config_schema.check(resolved, members, group_options("model"))
+    except config_schema.SchemaError as exc:
+        raise ConfigError(str(exc)) from None
     _check_values(resolved)
     return resolved
 
@@ -199,8 +214,6 @@ class JobConfig(dict):
     and the like) only as digests. Pickled (the job script's copy) it is a plain dict, secrets included."""
 
     def __repr__(self) -> str:
-        from inference_eval.report.provenance import redact_with_digest
-
         return repr(redact_with_digest(dict(self)))
 
     def __reduce__(self):
@@ -226,7 +239,17 @@ class PipelineConfig:
         if not any(o.startswith("hardware=") for o in overrides):
             overrides = overrides + [f"hardware={detected}"]
         root = compose(overrides)
-        return cls(overrides=overrides, root=root, hardware=root["hardware"]["name"], detected_hardware=detected)
+        pipeline = cls(overrides=overrides, root=root, hardware=root["hardware"]["name"], detected_hardware=detected)
+        pipeline.check_members()
+        return pipeline
+
+    def check_members(self) -> None:
+        """Compose every member the matrix uses once, so a value that is wrong only for one of them
+        (``library.gguf_dtype=q4`` is llama.cpp's) stops at parse time as well, not while the DAG is built."""
+        for group, members in (("dataset", self.datasets), ("library", self.libraries), ("model", self.models),
+                               ("scenario", self.scenarios)):
+            for member in members:
+                self.job(**{group: member})
 
     @property
     def matrix(self) -> dict:

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fake backends and fixtures
 
 from batch_fixtures import MIXED, job_config, write_rows  # noqa: E402
-from inference_eval.backends.base import ModelFiles  # noqa: E402
 from inference_eval.batch import run_batch  # noqa: E402
+from inference_eval.models.files import ModelFiles  # noqa: E402
 
 
 def _descendants() -> set[int]:
@@ -119,7 +119,7 @@ def test_sigterm_to_the_harness_kills_the_worker_and_writes_nothing(tmp_path):
     script = (
         "import json, sys\n"
         f"sys.path[:0] = {[str(Path(__file__).resolve().parents[1])]!r}\n"
-        "from inference_eval.backends.base import ModelFiles\n"
+        "from inference_eval.models.files import ModelFiles\n"
         "from inference_eval.batch import run_batch\n"
         f"run_batch(json.load(open({str(tmp_path / 'cfg.json')!r})), {str(rows)!r}, ModelFiles(),\n"
         f"          {str(out / 's2s.json')!r}, {str(out / 's2s.requests.csv')!r}, echo=False)\n")

@@ -19,8 +19,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from inference_eval.backends.base import ModelFiles
 from inference_eval.config import compose
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request
 from inference_eval.serving.client import LoadSettings, run_load
 from inference_eval.serving.launch import PortInUseError, ServerError, start_server, tagged_processes
@@ -200,8 +200,8 @@ def test_failed_server_still_writes_rows(tmp_path):
 
 _INTERRUPTED_SWEEP = textwrap.dedent("""
     import sys
-    from inference_eval.backends.base import ModelFiles
     from inference_eval.config import compose
+    from inference_eval.models.files import ModelFiles
     from inference_eval.serving.servers import LoopbackServer
     from inference_eval.serving.sweep import run_sweep
     out = sys.argv[1]

@@ -16,16 +16,11 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
+from inference_eval.models.context import context_length
 from inference_eval.requests import Completion, Request
 
 INSTALL_HINT = ("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' (CPU build from source; "
                 "for CUDA set CMAKE_ARGS=-DGGML_CUDA=on)")
-
-
-def context_length(cfg: dict) -> int:
-    """llama.cpp's context (``n_ctx``): ``library.n_ctx``, else the model's whole context, so that a 16k model
-    gets 16k tokens without an override (the batch runs and the server agree on it)."""
-    return int(cfg["library"].get("n_ctx") or cfg["model"].get("max_position_embeddings") or 4096)
 
 
 class LlamaCppBackend(Backend):

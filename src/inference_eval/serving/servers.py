@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from inference_eval.backends.base import ModelFiles
-from inference_eval.backends.llamacpp_backend import context_length
 from inference_eval.fairness import prefix_caching_setting
+from inference_eval.models.context import context_length
+from inference_eval.models.files import ModelFiles
 from inference_eval.requests import Request
 
 

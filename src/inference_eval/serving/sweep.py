@@ -21,8 +21,9 @@ from typing import Sequence
 import pandas as pd
 
 from inference_eval import fairness
-from inference_eval.backends.base import ModelFiles
+from inference_eval.datasets.manifest import read_manifest_or_empty
 from inference_eval.io import write_csv, write_json
+from inference_eval.models.files import ModelFiles
 from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
@@ -151,15 +152,9 @@ def prompt_texts(requests: Sequence[Request], hf_dir: str | None) -> dict[str, s
 def dataset_source(cfg: dict, rows_path: str | Path | None) -> tuple[str, bool | None]:
     ds = cfg.get("dataset") or {}
     source, synthetic = ds.get("source") or ds.get("name") or "", ds.get("synthetic")
-    if rows_path:
-        manifest = Path(rows_path).with_name("manifest.json")
-        if manifest.exists():
-            try:
-                m = json.loads(manifest.read_text())
-                source = m.get("source") or source
-                synthetic = m.get("synthetic", synthetic)
-            except (OSError, ValueError):
-                pass
+    m = read_manifest_or_empty(rows_path)
+    source = m.get("source") or source
+    synthetic = m.get("synthetic", synthetic)
     if isinstance(source, dict):
         source = source.get("name") or json.dumps(source, sort_keys=True)
     return str(source), synthetic
@@ -273,7 +268,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             record["fairness"] = fairness.manifest(
                 cfg, "serving", distinct, exact=None, resolved=resolved,
                 resolved_source="the server's start-up log" if resolved else "",
-                dataset_manifest=_manifest_or_empty(rows_path),
+                dataset_manifest=read_manifest_or_empty(rows_path),
                 extra={"num_requests": settings.num_requests, "rates": settings.rates,
                        "cycled": len(requests) > len(distinct)})
             load = LoadSettings(url=server.base_url + spec.completions_path,
@@ -348,16 +343,6 @@ def search_points(rows: Sequence[dict]) -> list[Point]:
                   tok_s=float(r.get("token_throughput_tok_s") or 0.0),
                   ok=r.get("status") == "ok" and bool(r.get("within_goodput_share", True))
                   and not r.get("client_limited", False)) for r in rows]
-
-
-def _manifest_or_empty(rows_path: str | Path) -> dict:
-    """The dataset's manifest (``batch.dataset_manifest``); an unreadable one only leaves the manifest's
-    dataset hash empty here, as ``dataset_source`` treats it."""
-    from inference_eval.batch import dataset_manifest
-    try:
-        return dataset_manifest(rows_path)
-    except ValueError:
-        return {}
 
 
 def _read_log(path: Path) -> str:
