@@ -88,6 +88,8 @@ rule profile_modules:
 rule fit_coefficients:
     input:
         points=lambda wc: [points_file(wc.hardware, v) for v in profiled_variants(wc.hardware)],
+        modules=lambda wc: [profiled_or_failure(wc.hardware, v, p) for v in profiled_variants(wc.hardware)
+                            for p in module_files(wc.hardware, v)],
     output:
         coefficients=RESULTS + "/{hardware}/coefficients.csv",
         predictions=RESULTS + "/{hardware}/modules/time_model_points.csv",

@@ -89,3 +89,136 @@ def test_decode_points_are_fitted_at_their_context_length():
     assert context(pts.drop(columns="context")).tolist() == [64, 64]  # older points tables: s as given
     X = features("decode", [2], [65], [64], [128], [1], [1])
     assert X[0, 0] == 2 * 65 * 64  # b*s*h*l at the decode step's context
+
+
+# ---- per-term fit (term_fit): each term against its own ops' measured time ----
+
+from inference_eval.profiling import term_fit  # noqa: E402
+
+TERM_TRUTH = {  # stage -> term group -> {coefficient: value}, the intercept under mu / nu
+    "prefill": {"mha_proj": {"alpha": 3e-15, "mu": 1e-4}, "ffn_proj": {"beta": 2.5e-15, "mu": 2e-4},
+                "attention": {"gamma": 4e-13, "eta": 5e-12, "mu": 3e-4}, "elementwise": {"eta": 2e-11, "mu": 5e-5},
+                "kv_cache": {"eta": 4e-12, "mu": 1e-5}, "activation": {"lambda": 1.5e-12, "mu": 2e-5}},
+    "decode": {"kv_cache": {"phi": 2e-12, "omega": 1e-11}, "attention": {"psi": 1.3e-10, "omega": 5e-11},
+               "projections": {"omega": 3e-10, "nu": 4e-3}, "elementwise": {"omega": 1e-10, "nu": 1e-3}},
+}
+MODULE_SHAPES = [(1, 1024), (2, 1024), (4, 1024), (8, 32), (8, 128), (8, 512), (8, 1024), (8, 2048), (16, 1024)]
+HELDOUT_SHAPES = [(2, 1536), (12, 512), (4, 64)]
+MODELS = {"llama2-7b": (4096, 11008, 32, 32), "llama2-13b": (5120, 13824, 40, 40)}
+
+
+def _group_time(stage, group, b, s, shape):
+    h, hf, n, l = shape
+    ctx = s + (stage == "decode")
+    X = regression.features(stage, [b], [ctx], [h], [hf], [n], [l])[0]
+    names = regression.COEFFICIENTS[stage]
+    truth = TERM_TRUTH[stage][group]
+    return sum(X[i] * truth.get(c, 0.0) for i, c in enumerate(names))  # the last column is the constant 1
+
+
+def synthetic_modules(models=("llama2-7b",)):
+    """Module rows (one per op: a group's time split evenly over its ops) and the matching points table."""
+    mods, pts = [], []
+    for model in models:
+        shape = MODELS[model]
+        for stage, groups in term_fit.TERMS.items():
+            for b, s in MODULE_SHAPES + HELDOUT_SHAPES:
+                total = 0.0
+                for group, (ops, _) in groups.items():
+                    t = _group_time(stage, group, b, s, shape)
+                    total += t
+                    if (b, s) in MODULE_SHAPES:
+                        mods += [{"library": "syn", "model": model, "b": b, "s": s, "stage": stage, "op": op,
+                                  "time_median_s": t / len(ops)} for op in ops]
+                h, hf, n, l = shape
+                pts.append({"library": "syn", "model": model, "b": b, "s": s, "stage": stage, "h": h, "h_ff": hf,
+                            "n": n, "l": l, "context": s + (stage == "decode"),
+                            "heldout": (b, s) in HELDOUT_SHAPES, "layers_time_median_s": total})
+    return pd.DataFrame(mods), pd.DataFrame(pts)
+
+
+def test_terms_cover_every_op_once():
+    from inference_eval.opnames import OPS
+    for stage, groups in term_fit.TERMS.items():
+        ops = [op for g in groups.values() for op in g[0]]
+        assert sorted(ops) == sorted(OPS), stage
+        for _, names in groups.values():
+            assert set(names) <= set(regression.COEFFICIENTS[stage]), stage
+
+
+@pytest.mark.parametrize("stage", ["prefill", "decode"])
+def test_each_term_recovers_its_known_coefficients_from_one_model(stage):
+    modules, points = synthetic_modules()
+    mp = term_fit.module_points(modules, points)
+    rows = {r["term"]: r for r in term_fit.fit_terms(mp[mp["stage"] == stage], stage)}
+    assert set(rows) == set(term_fit.TERMS[stage])
+    intercept = term_fit.INTERCEPT[stage]
+    for group, truth in TERM_TRUTH[stage].items():
+        want = {c: v for c, v in truth.items() if c in regression.COEFFICIENTS[stage]}
+        for name in (*term_fit.TERMS[stage][group][1], intercept):
+            assert rows[group][name] == pytest.approx(want.get(name, 0.0), rel=1e-6, abs=1e-9 * max(want.values())), \
+                (group, name)
+        assert rows[group]["r2"] == pytest.approx(1.0, abs=1e-9)
+        assert rows[group]["heldout_mape"] < 1e-4  # leave-one-shape-out
+        assert rows[group]["rank"] == len(term_fit.TERMS[stage][group][1]) + 1
+
+
+@pytest.mark.parametrize("stage", ["prefill", "decode"])
+def test_stage_total_is_the_sum_of_the_terms(stage):
+    modules, points = synthetic_modules()
+    table = term_fit.per_term_table(points, modules, "layers_time_median_s")
+    part = table[table["stage"] == stage]
+    total = part[part["term"] == "total"].iloc[0]
+    terms = part[part["term"] != "total"]
+    for name in regression.COEFFICIENTS[stage]:
+        assert total[name] == pytest.approx(terms[name].fillna(0).sum(), rel=1e-12), name
+        expected = sum(t.get(name, 0.0) for t in TERM_TRUTH[stage].values())
+        assert total[name] == pytest.approx(expected, rel=1e-6, abs=1e-12), name
+    assert total["heldout_mape"] < 1e-4 and total["n_heldout"] == len(HELDOUT_SHAPES)
+    assert total["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert (part["fit"] == "per_term").all()
+
+
+def test_two_models_give_a_per_model_heldout_error_and_recover_the_terms():
+    modules, points = synthetic_modules(("llama2-7b", "llama2-13b"))
+    table = term_fit.per_term_table(points, modules, "layers_time_median_s")
+    total = table[(table["stage"] == "prefill") & (table["term"] == "total")].iloc[0]
+    assert total["models"] == "llama2-13b,llama2-7b"
+    by_model = dict(item.split(":") for item in total["heldout_mape_by_model"].split(";"))
+    assert set(by_model) == {"llama2-7b", "llama2-13b"} and all(float(v) < 1e-4 for v in by_model.values())
+    gamma = table[(table["stage"] == "prefill") & (table["term"] == "attention")].iloc[0]["gamma"]
+    assert gamma == pytest.approx(TERM_TRUTH["prefill"]["attention"]["gamma"], rel=1e-6)
+    # the total fit, from the same points, reports per-model held-out error too
+    tot = regression.coefficients_table(points, "layers_time_median_s")
+    assert tot["heldout_mape_by_model"].str.count(":").eq(2).all()
+
+
+def test_module_points_name_missing_inputs():
+    modules, points = synthetic_modules()
+    with pytest.raises(ValueError, match="lack columns"):
+        term_fit.module_points(modules.drop(columns="time_median_s"), points)
+    with pytest.raises(ValueError, match="no points table"):
+        term_fit.module_points(modules, points.assign(model="other"))
+    with pytest.raises(ValueError, match="lack ops"):
+        term_fit.module_points(modules[modules["op"] != "rope"], points)
+
+
+def test_fit_coefficients_writes_both_fits_with_a_fit_column(tmp_path):
+    from inference_eval.profiling.workflow import fit_coefficients
+
+    modules, points = synthetic_modules()
+    pts_csv, mod_csv = tmp_path / "syn_points.csv", tmp_path / "syn_prefill_seq.csv"
+    points.assign(status="ok", reason="").to_csv(pts_csv, index=False)
+    modules.assign(status="ok", reason="").to_csv(mod_csv, index=False)
+    table = fit_coefficients([str(pts_csv)], str(tmp_path / "c.csv"), str(tmp_path / "p.csv"), [str(mod_csv)])
+    written = pd.read_csv(tmp_path / "c.csv")
+    assert set(written["fit"]) == {"total", "per_term"} and len(written) == len(table)
+    for stage in ("prefill", "decode"):
+        part = written[written["stage"] == stage]
+        assert part["fit"].iloc[0] == "total"  # the total fit first, then the terms and their sum
+        assert (part.loc[part["fit"] == "total", "term"] == "total").all()
+        assert set(part.loc[part["fit"] == "per_term", "term"]) == {*term_fit.TERMS[stage], "total"}
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert len(preds) == len(points)  # predictions of the total fit only, one per point
+    without = fit_coefficients([str(pts_csv)], str(tmp_path / "c2.csv"))
+    assert set(without["fit"]) == {"total"}

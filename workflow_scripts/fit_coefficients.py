@@ -1,4 +1,5 @@
 # Thin entry of rule fit_coefficients (rules/profiling.smk): the time models of every profiled library.
 from inference_eval.profiling.workflow import fit_coefficients
 
-fit_coefficients(list(snakemake.input.points), snakemake.output.coefficients, snakemake.output.predictions)
+fit_coefficients(list(snakemake.input.points), snakemake.output.coefficients, snakemake.output.predictions,
+                 list(snakemake.input.modules))

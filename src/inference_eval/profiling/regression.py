@@ -11,7 +11,8 @@ For one model (fixed h, h', n, l) several terms are proportional to each other: 
 bsh^2*l, bshh'*l, bsh*l and bsh'*l are all constants times b*s, so only their combination
 ``alpha*h^2 + beta*h*h' + eta*h + lambda*h'`` (times b*s*l) is identified; in decode bsh*l and bsn*l
 are both constants times b*s. ``rank`` and ``identified`` in the output say so; the fit is still
-unique in its predictions. Points from several model shapes make every coefficient identifiable.
+unique in its predictions. Points from several model shapes make every coefficient identifiable;
+``term_fit`` fits each term on its own ops' measured time instead, which identifies them for one model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from inference_eval.opnames import OPS
 
 COEFFICIENTS = {
     "prefill": ("alpha", "beta", "gamma", "eta", "lambda", "mu"),
@@ -154,25 +157,42 @@ def fit_stage(points: pd.DataFrame, stage: str, target: str = "layers_time_s") -
 
 
 def coefficients_table(points: pd.DataFrame, target: str = "layers_time_s") -> pd.DataFrame:
-    """One row per library x stage: every coefficient, r2, heldout_mape, n_points, n_heldout."""
+    """One row per library x stage (``fit = total``, ``term = total``): every coefficient, r2,
+    heldout_mape (and per model, with several models), n_points, n_heldout."""
     rows = []
     for (library, stage), group in points.groupby(["library", "stage"], sort=True):
         f = fit_stage(group, stage, target)
-        row = {"library": library, "stage": stage}
+        row = {"library": library, "stage": stage, "fit": "total", "term": "total"}
         for name in (*COEFFICIENTS["prefill"], *COEFFICIENTS["decode"]):
             row[name] = f.coefficients.get(name, np.nan)
         fit_mape = mape(group.loc[~group["heldout"].astype(bool), target].to_numpy(float),
                         f.predict(group[~group["heldout"].astype(bool)]))
-        row.update({"r2": f.r2, "heldout_mape": f.heldout_mape, "fit_mape": fit_mape, "n_points": f.n_points,
+        row.update({"r2": f.r2, "heldout_mape": f.heldout_mape, "fit_mape": fit_mape,
+                    "heldout_kind": "held-out shapes (points)",
+                    "heldout_mape_by_model": per_model_heldout(group, f, target), "n_points": f.n_points,
                     "n_heldout": f.n_heldout, "rank": f.rank, "identified": f.identified,
                     "models": ",".join(sorted(group["model"].unique())) if "model" in group else "",
-                    "target": target, "formula": FORMULAS[stage], "constraint": "all coefficients >= 0 (NNLS)"})
+                    "target": target, "formula": FORMULAS[stage], "constraint": "all coefficients >= 0 (NNLS)",
+                    "ops": ",".join(OPS)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def predictions(points: pd.DataFrame, coefficients: pd.DataFrame, target: str = "layers_time_s") -> pd.DataFrame:
-    """Points with the fitted model's ``predicted_s`` beside the measured ``target``."""
+def per_model_heldout(points: pd.DataFrame, fit: Fit, target: str) -> str:
+    """``model:MAPE`` of the held-out points per model ("" with fewer than two models)."""
+    held = points[points["heldout"].astype(bool)]
+    if "model" not in held or held["model"].nunique() < 2:
+        return ""
+    return ";".join(f"{model}:{mape(g[target].to_numpy(float), fit.predict(g)):.3g}"
+                    for model, g in held.groupby("model", sort=True))
+
+
+def predictions(points: pd.DataFrame, coefficients: pd.DataFrame, target: str = "layers_time_s",
+                fit: str = "total") -> pd.DataFrame:
+    """Points with the ``fit`` model's (``total`` or ``per_term``) ``predicted_s`` beside the measured
+    ``target``."""
+    if "fit" in coefficients.columns:
+        coefficients = coefficients[(coefficients["fit"] == fit) & (coefficients["term"] == "total")]
     out = []
     for (library, stage), group in points.groupby(["library", "stage"], sort=False):
         row = coefficients[(coefficients["library"] == library) & (coefficients["stage"] == stage)]

@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from inference_eval.io import write_csv, write_figure, write_json
@@ -133,9 +134,15 @@ def _ncu(cfg, variant, st, shapes, hf_dir, max_tokens, max_seqs, tmp: Path, reco
     return dram
 
 
-def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str | None = None) -> pd.DataFrame:
-    """Fit every library's time models; libraries without points get a row with their status."""
-    from inference_eval.profiling import regression
+def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str | None = None,
+                     module_csvs: list[str] | None = None) -> pd.DataFrame:
+    """Fit every library's time models; libraries without points get a row with their status.
+
+    Rows ``fit = total``: one fit of the stage total (``regression``). With ``module_csvs`` (the module
+    tables), also rows ``fit = per_term``: each term against its ops' measured time, and their sum
+    (``term_fit``). ``fit_points_csv`` gets the total fit's predictions per point.
+    """
+    from inference_eval.profiling import regression, term_fit
 
     frames, rows = [], []
     for p in points_paths:
@@ -149,12 +156,27 @@ def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str 
     table = pd.DataFrame()
     if frames:
         points = pd.concat(frames, ignore_index=True)
-        table = regression.coefficients_table(points, FIT_TARGET).assign(status="ok", reason="")
+        table = regression.coefficients_table(points, FIT_TARGET)
+        modules = _ok_modules(module_csvs or [])
+        if not modules.empty:
+            per_term = term_fit.per_term_table(points, modules, FIT_TARGET)
+            table = pd.concat([table, per_term], ignore_index=True)
+            order = table["fit"].map({"total": 0, "per_term": 1})
+            table = table.iloc[np.lexsort((order, table["stage"], table["library"]))].reset_index(drop=True)
+        table = table.assign(status="ok", reason="")
         if fit_points_csv:
             write_csv(fit_points_csv, regression.predictions(points, table, FIT_TARGET))
     table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     write_csv(out_csv, table)
     return table
+
+
+def _ok_modules(module_csvs: list[str]) -> pd.DataFrame:
+    """The measured rows of the module tables (failure records, which carry no op times, left out)."""
+    frames = [read_table(p) for p in module_csvs]
+    frames = [f[f["status"] == "ok"] if "status" in f else f for f in frames]
+    frames = [f for f in frames if not f.empty and "op" in f]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def write_figures(module_csvs: list[str], coefficients_csv: str, points_paths: list[str], shares_png: str,
