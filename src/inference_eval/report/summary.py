@@ -115,13 +115,21 @@ def coefficient_section(path: str | Path) -> list[str]:
     for _, r in frame.iterrows():
         coefs = ", ".join(f"{k}={r[k]:.3g}" for k in COEFFICIENT_NAMES
                           if k in frame and not pd.isna(r[k]))
-        rows.append([r.get("library"), r.get("stage"), r.get("status"), _num(r.get("r2"), 4),
+        # `fit`: total (one regression of the stage total) or per_term (each term on its ops' measured
+        # time; its `total` row is the sum of the terms). Tables written before per-term fits lack both.
+        fit = r.get("fit") if isinstance(r.get("fit"), str) else "total"
+        term = r.get("term") if isinstance(r.get("term"), str) else "total"
+        rows.append([r.get("library"), r.get("stage"), fit, term, r.get("status"), _num(r.get("r2"), 4),
                      _num(r.get("heldout_mape"), 2), _num(r.get("fit_mape"), 2), _num(r.get("n_points"), 0),
                      coefs, r.get("reason") if isinstance(r.get("reason"), str) else ""])
-    header = ["library", "stage", "status", "R^2", "held-out MAPE %", "fit MAPE %", "points", "coefficients",
+    header = ["library", "stage", "fit", "term", "status", "R^2", "held-out MAPE %", "fit MAPE %", "points", "coefficients",
               "reason"]
     return (["## Time-model coefficients", "",
-             "Fitted per library and stage on the per-op profiles (`coefficients.csv`; formula per row there).", ""]
+             "Fitted per library and stage on the per-op profiles (`coefficients.csv`; formula per row there). "
+             "`total` rows regress the stage total on every term at once; `per_term` rows fit each term on the "
+             "measured time of its own ops (docs/theory.md), and their `total` is the sum of the terms. A term's "
+             "held-out error is leave-one-shape-out over the module points; a total's is on the held-out shapes.",
+             ""]
             + _table(header, rows) + [""])
 
 
