@@ -18,7 +18,11 @@
 #   | S16K_LIBS=mii s16kmore | gqa-lcp | gqa-trf (after lcpbuild and s16kprep on this machine)
 # The fairness re-run (prefix caching off, repeats 3, Transformers' automatic batch size): vk1 | vllm2
 #   (carry .vk2 .data .tokcache) | fair-serve (carry .vk3 .pk, after `source .vk3/vk-install.sh`) | fair-batch;
-#   fair-trf (carry .pk .data .tokcache: Transformers again with the GPU profile's untimed warm-up pass; not run yet)
+#   fair-trf (carry .pk .data .tokcache: Transformers again with the GPU profile's untimed warm-up pass);
+#   MII and llama.cpp with the fair defaults and repeats: fair-trf, then lcpbuild and modelprep (carry .lcp)
+#   | mii + miiserve (carry .mii .pk; AWAIT="lcpbuild modelfiles" await before the timed runs) | llamacpp
+#   (LCP_BATCH="hardware.scale.batch_warmup_repeats=0": llama.cpp resets its KV cache before every
+#   request, so the untimed pass over the whole dataset is left out and the record says so)
 # Transformers on s16k does not fit one call: trfprobe measured 54.6-59.2 ms a decode step at batch 2 over contexts
 # 2,048-16,000 (results/h200/probes/), so its 16,000 steps take about 941 s; a call may run 10 minutes.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
@@ -160,6 +164,10 @@ case $step in
   trfprobe)  # Transformers' decode step at contexts up to 16k, on a quiet GPU: does its s16k row fit a call?
     { PYTHONPATH=src python3 scripts/device/trf_step_probe.py conf/model/vicuna-7b-16k.yaml "$OUT/trf_step_probe.json"
     } 2>&1 | tee "$log" ;;
+  modelprep)  # MODEL's model files for llama.cpp and MII (default Llama-2-7B), written in the background
+    { setup_python && model_files_in_background "${MODEL:-llama2-7b}"; } 2>&1 | tee "$log" ;;
+  await)  # wait for the background work AWAIT names (e.g. "lcpbuild modelfiles") before timed runs
+    { for b in ${AWAIT:?names}; do await "$b" "$budget"; done; } 2>&1 | tee "$log" ;;
   s16kprep)  # Vicuna-7B-16k's model files for llama.cpp and MII, written in the background
     { setup_python && model_files_in_background vicuna-7b-16k; } 2>&1 | tee "$log" ;;
   s16kmore)  # llama.cpp and MII on s16k, after lcpbuild, miiprep and s16kprep on this machine
@@ -175,7 +183,7 @@ case $step in
   llamacpp)
     { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300; fi  # setup_python puts /tmp/lcpsite on the path
       setup_python && await modelfiles 300
-      for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d)" $REAL/batch/llamacpp/llama2-7b/$d.json; done
+      for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d) ${LCP_BATCH:-}" $REAL/batch/llamacpp/llama2-7b/$d.json; done
       for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   mii)

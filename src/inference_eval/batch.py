@@ -37,6 +37,7 @@ from inference_eval.io import atomic_path, write_json
 from inference_eval.models.files import ModelFiles
 from inference_eval.report.uncertainty import coefficient_of_variation, mean_ci95
 from inference_eval.requests import Request, load_requests, run_limits, run_requests
+from inference_eval.telemetry import energy_summary
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
 STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported")
@@ -396,6 +397,9 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
     _, time_lo, time_hi = (None if math.isnan(v) else v for v in mean_ci95(times))
     cv = coefficient_of_variation(times)
     n_exact = sum(1 for r in rows if r["ok"])
+    windows = list(result.get("telemetry") or [])
+    energy = energy_summary(windows, output_tokens) if ran else {
+        "energy_j": None, "energy_j_per_token": None, "mean_power_w": None, "energy_reason": "no timed run"}
     fair = fairness.manifest(
         cfg, "batch", requests, exact=(status == "ok") if ran else None, n_exact=n_exact,
         resolved=result.get("resolved_settings") or {},
@@ -451,6 +455,8 @@ def build_record(cfg: Mapping[str, Any], rows_path: str | Path, requests: Sequen
         "library_versions": result.get("versions") or {},
         "backend_stats": result.get("backend_stats") or {},
         "prepare_time_s": result.get("prepare_time_s"),
+        **energy,
+        "telemetry": windows,
         "fairness": fair,
         "provenance": prov,
     }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from inference_eval.backends.base import Backend, load_backend_class
 from inference_eval.io import write_json
 from inference_eval.models.files import ModelFiles
+from inference_eval.telemetry import GpuTelemetry
 
 if TYPE_CHECKING:
     from inference_eval.requests import Request
@@ -164,15 +165,22 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
 
         # Repeats: timed runs of the whole dataset in the same loaded engine, after the warm-up. Each
         # is checked; the first one with a wrong length ends the run (its reason is the record's).
+        # Each repeat's GPU energy and telemetry (inference_eval.telemetry): NVML's energy counter read
+        # at the window's ends, power and clocks sampled by a thread beside it; empty with the reason on CPU.
         repeats = batch_repeats(cfg)
+        gpu = (cfg.get("hardware") or {}).get("kind") == "gpu"
         times: list[float] = []
+        telemetry: list[dict] = []
+        result["telemetry"] = telemetry
         for _ in range(repeats):
             phase = reached("generate")
             synchronize(backend)
-            t0 = time.perf_counter()
-            completions = backend.generate(requests)
-            synchronize(backend)
-            times.append(time.perf_counter() - t0)
+            with GpuTelemetry(enabled=gpu) as window:
+                t0 = time.perf_counter()
+                completions = backend.generate(requests)
+                synchronize(backend)
+                times.append(time.perf_counter() - t0)
+            telemetry.append(window.window.to_dict())
             phase = reached("check")
             check = check_lengths(requests, completions)
             if not check.valid:

@@ -23,6 +23,8 @@ TABLE_COLUMNS = [
     "repeat_note",
     "token_throughput_tok_s", "token_throughput_ci95_lo_tok_s", "token_throughput_ci95_hi_tok_s",
     "requests_per_s", "load_time_s", "peak_memory_gb",
+    # GPU energy over the timed repeats (NVML's counter; inference_eval.telemetry), empty with the reason
+    "energy_j_per_token", "mean_power_w", "energy_reason",
     "bound_s", "efficiency", "status", "reason", "comparability_reason", "prefix_caching", "batching",
     "config_hash", "record",
 ]
@@ -77,6 +79,8 @@ def record_row(path: str | Path) -> dict:
     times = [float(t) for t in rec.get("repeat_times_s") or []]
     row["repeat_times_s"] = " ".join(f"{t:.4g}" for t in times)
     row["repeat_note"] = repeat_note(times)
+    if "energy_reason" not in rec:
+        row["energy_reason"] = "not measured: the record predates energy telemetry"
     row["_manifest"] = _manifest_for_gate(rec)
     return row
 

@@ -33,6 +33,7 @@ from inference_eval.serving.metrics import (CI_COLUMNS, CLIENT_COLUMNS, GOODPUT_
 from inference_eval.serving.rate_search import Point, SearchSettings, SearchState, next_point, peak
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
+from inference_eval.telemetry import ENERGY_COLUMNS, GpuTelemetry, TelemetryWindow, energy_summary
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
 IDENTITY = ("library", "model", "dataset", "dataset_source", "hardware", "rate", "status", "reason")
@@ -42,7 +43,7 @@ METRIC_COLUMNS = (
     "token_throughput_tok_s", "mean_latency_per_output_token_s",
     *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
     "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS, *GOODPUT_COLUMNS,
-    "within_goodput_share", "search_phase", "search_note", *CLIENT_COLUMNS)
+    "within_goodput_share", "search_phase", "search_note", *CLIENT_COLUMNS, *ENERGY_COLUMNS)
 # The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
 # the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
 FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
@@ -73,6 +74,7 @@ class ServingSettings:
     api_key: str | None
     seed: int
     max_tokens_cap: int | None
+    gpu: bool = False  # the hardware is a GPU: each rate records NVML energy and telemetry
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "ServingSettings":
@@ -111,7 +113,8 @@ class ServingSettings:
                    health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
                    port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
                    seed=int(cfg.get("seed") or 0),
-                   max_tokens_cap=run_limits(cfg)[1])
+                   max_tokens_cap=run_limits(cfg)[1],
+                   gpu=(cfg.get("hardware") or {}).get("kind") == "gpu")
 
     def public(self) -> dict:
         d = dict(self.__dict__)
@@ -382,7 +385,8 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
     schedule = make_schedule(len(requests), rate, settings.arrival, settings.burstiness, settings.seed)
     before = read_counters()
     cpu0, wall0 = time.process_time(), time.perf_counter()  # the client's own CPU (the server is another process)
-    completions = run_load(requests, schedule, body_for, load)
+    with GpuTelemetry(enabled=settings.gpu) as telemetry:  # the whole rate, every request of it
+        completions = run_load(requests, schedule, body_for, load)
     client_cpu_s, client_wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
     cache = prefix_cache_share(before, read_counters(), sum(r.prompt_len for r in requests))
     write_csv(run_dir / f"requests_rate{rate:g}.csv", _request_rows(completions, rate))
@@ -394,4 +398,15 @@ def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: Ser
     if slo is not None:
         metrics.update(goodput_metrics(completions, slo, settings.drop_first, settings.drop_last))
     metrics.update(client_certificate(metrics, client_cpu_s, client_wall_s))
+    metrics.update(rate_energy(telemetry.window, sum(c.output_tokens for c in completions if c.ok)))
     return {**ident, "rate": rate, "status": status, "reason": reason, **metrics, **cache}
+
+
+def rate_energy(window: TelemetryWindow, output_tokens: int) -> dict:
+    """A rate's energy columns: the window spans every request of the rate (the dropped warm-up and
+    cool-down ones too), so joules per token divide by every completed request's output tokens."""
+    w = window.to_dict()
+    out = energy_summary([w], output_tokens)
+    out.update({"gpu_sm_clock_mhz_mean": w["sm_clock_mhz_mean"], "gpu_memory_used_gib_max": w["memory_used_gib_max"],
+                "gpu_util_mean": w["gpu_util_mean"], "telemetry_samples": w["samples"]})
+    return out
