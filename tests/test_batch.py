@@ -1,4 +1,5 @@
-"""The batch harness (inference_eval.batch): requests, records, statuses, the worker process."""
+"""The batch harness (inference_eval.batch and batch_plan, batch_watch, batch_record): requests, records,
+statuses, the worker process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import signal
 import pytest
 
 from batch_fixtures import MIXED, job_config, tiny_model_dir, write_rows
-from inference_eval.batch import _describe_exit, batch_requests, peak_memory, run_batch, worker_timeout_s
+from inference_eval.batch import run_batch
+from inference_eval.batch_plan import load_plan, worker_timeout_s
+from inference_eval.batch_record import peak_memory
+from inference_eval.batch_watch import describe_exit
 from inference_eval.models.files import ModelFiles
 from inference_eval.requests import run_limits
 
@@ -46,7 +50,8 @@ def test_run_limits_come_from_the_dataset_config():
 def test_batch_requests_apply_limit_and_cap(tmp_path):
     rows = write_rows(tmp_path, [(4, 40), (5, 3), (6, 50)])
     cfg = {"dataset": {"limit": 2, "max_tokens_cap": 10}}
-    requests, total = batch_requests(rows, cfg)
+    plan = load_plan(rows, cfg)
+    requests, total = plan.requests, plan.dataset_rows
     assert total == 3
     assert [(r.id, r.max_tokens) for r in requests] == [("r0", 10), ("r1", 3)]
 
@@ -57,12 +62,12 @@ def test_worker_timeout_defaults_to_slurm_runtime_minus_margin():
 
 
 def test_describe_exit_names_signal_and_oom_kill():
-    status, reason = _describe_exit(-signal.SIGSEGV, False, 10, "boom")
+    status, reason = describe_exit(-signal.SIGSEGV, False, 10, "boom")
     assert status == "failed" and "SIGSEGV" in reason and "boom" in reason
-    status, reason = _describe_exit(-signal.SIGKILL, False, 10, "")
+    status, reason = describe_exit(-signal.SIGKILL, False, 10, "")
     assert status == "oom" and "OOM killer" in reason
-    assert _describe_exit(1, False, 10, "torch.OutOfMemoryError: CUDA out of memory")[0] == "oom"
-    status, reason = _describe_exit(-9, True, 10, "")
+    assert describe_exit(1, False, 10, "torch.OutOfMemoryError: CUDA out of memory")[0] == "oom"
+    status, reason = describe_exit(-9, True, 10, "")
     assert status == "failed" and "timed out after 10 s during start-up" in reason
 
 

@@ -187,7 +187,7 @@ def test_student_t_interval_and_cv():
 
 
 def test_batch_repeats_come_from_scenario_then_hardware_and_are_checked():
-    from inference_eval.batch import batch_repeats
+    from inference_eval.batch_plan import batch_repeats
 
     assert batch_repeats(compose(["hardware=cpu"])) == 1
     assert batch_repeats(compose(["hardware=h200"])) == 3

@@ -9,12 +9,15 @@ batch rows with their repeats. Every number comes from a CSV or record under ``<
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import sys
 from pathlib import Path
 
-import pandas as pd
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from inference_eval.records import BatchRecord  # noqa: E402
+from inference_eval.records.serving import read_sweep  # noqa: E402
 
 SERVING = ("token_throughput_tok_s", "ttft_s_p50", "tpot_s_mean", "e2e_s_p99")
 _LOG_HIT = re.compile(r"Prefix cache hit rate: ([\d.]+)%")
@@ -34,10 +37,10 @@ def _last_logged_hit_rate(run_dir: Path) -> str:
 
 
 def serving_tables(hw: Path, dataset: str) -> list[str]:
-    before = pd.read_csv(hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv")
-    after = pd.read_csv(hw / "serving" / f"vllm_llama2-7b_{dataset}.csv")
+    before = read_sweep(hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv")
+    after = read_sweep(hw / "serving" / f"vllm_llama2-7b_{dataset}.csv")
     mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
-    mii = pd.read_csv(mii_path) if mii_path.exists() else None
+    mii = read_sweep(mii_path) if mii_path.exists() else None
     old_hit = _last_logged_hit_rate(hw / "before-fairness" / "serving" / "runs" / f"vllm_llama2-7b_{dataset}")
     out = [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
            f"Before: vLLM 0.24's default (prefix caching on); its log's last hit-rate line: {old_hit}. "
@@ -45,29 +48,30 @@ def serving_tables(hw: Path, dataset: str) -> list[str]:
            "| rate (req/s) | tok/s before / after | TTFT p50 before / after (95 % CI) | TPOT mean before / after "
            "| E2E p99 before / after | prompt tokens from cache, after | exact |",
            "|---|---|---|---|---|---|---|"]
-    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
-        ci = f"{_ms(a['ttft_s_p50_ci_lo'])}-{_ms(a['ttft_s_p50_ci_hi'])}" if "ttft_s_p50_ci_lo" in a else ""
-        out.append(f"| {a['rate']:g} | {b['token_throughput_tok_s']:,.0f} / {a['token_throughput_tok_s']:,.0f} "
-                   f"| {_ms(b['ttft_s_p50'])} / {_ms(a['ttft_s_p50'])} ({ci}) "
-                   f"| {_ms(b['tpot_s_mean'])} / {_ms(a['tpot_s_mean'])} | {_ms(b['e2e_s_p99'])} / {_ms(a['e2e_s_p99'])} "
-                   f"| {a['prefix_cache_hit_rate']:.1%} | {int(a['n_ok'])}/{int(a['n_measured'])} |")
+    for b, a in zip(before, after):
+        ci = "" if math.isnan(a.ttft_s_p50_ci_lo) else f"{_ms(a.ttft_s_p50_ci_lo)}-{_ms(a.ttft_s_p50_ci_hi)}"
+        out.append(f"| {a.rate:g} | {b.token_throughput_tok_s:,.0f} / {a.token_throughput_tok_s:,.0f} "
+                   f"| {_ms(b.ttft_s_p50)} / {_ms(a.ttft_s_p50)} ({ci}) "
+                   f"| {_ms(b.tpot_s_mean)} / {_ms(a.tpot_s_mean)} | {_ms(b.e2e_s_p99)} / {_ms(a.e2e_s_p99)} "
+                   f"| {a.prefix_cache_hit_rate:.1%} | {int(a.n_ok)}/{int(a.n_measured)} |")
     if mii is not None:
         out += ["", f"vLLM against MII on {dataset} (MII's rows as published: FastGen has no prefix cache, but the "
                 "rows predate the manifest, so the gate marks them; ratios are MII / vLLM, above 1 = vLLM better):", "",
                 "| rate | TPOT mean MII / vLLM, before -> after | E2E p99 MII / vLLM, before -> after "
                 "| TTFT p50 MII / vLLM, before -> after |", "|---|---|---|---|"]
-        for rate in after["rate"]:
-            m = mii[mii["rate"] == rate]
-            if m.empty:
+        for a in after:
+            m = next((r for r in mii if r.rate == a.rate), None)
+            b = next((r for r in before if r.rate == a.rate), None)
+            if m is None or b is None:
                 continue
-            m, b, a = m.iloc[0], before[before["rate"] == rate].iloc[0], after[after["rate"] == rate].iloc[0]
-            cells = [f"{m[k] / b[k]:.2f}x -> {m[k] / a[k]:.2f}x" for k in ("tpot_s_mean", "e2e_s_p99", "ttft_s_p50")]
-            out.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+            cells = [f"{getattr(m, k) / getattr(b, k):.2f}x -> {getattr(m, k) / getattr(a, k):.2f}x"
+                     for k in ("tpot_s_mean", "e2e_s_p99", "ttft_s_p50")]
+            out.append(f"| {a.rate:g} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
-def _record(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _record(path: Path) -> BatchRecord | None:
+    return BatchRecord.load(path) if path.exists() else None
 
 
 def batch_table(hw: Path) -> list[str]:
@@ -80,14 +84,14 @@ def batch_table(hw: Path) -> list[str]:
             a = _record(hw / "batch" / lib / "llama2-7b" / f"{d}.json")
             if not (a and b):
                 continue
-            lo, hi = a.get("total_time_ci95_lo_s"), a.get("total_time_ci95_hi_s")
+            lo, hi = a.total_time_ci95_lo_s, a.total_time_ci95_hi_s
             ci = f"{lo:.3g} to {hi:.3g}" if lo is not None and hi is not None else "n/a"
-            batching = (a.get("fairness") or {}).get("settings", {}).get("batching", "")
+            batching = a.settings.get("batching", "")
             before_batching = "static batch 8" if lib == "transformers" else "prefix caching on, vLLM's default"
-            out.append(f"| {lib} | {d} | {b['total_time_s']:.3g} s, {b['token_throughput_tok_s']:,.0f} ({before_batching}) "
-                       f"| {a['total_time_s']:.3g} s ({ci}), {a['token_throughput_tok_s']:,.0f} "
-                       f"| {' '.join(f'{t:.3g}' for t in a.get('repeat_times_s') or [])} | {batching} "
-                       f"| {a['n_exact']}/{a['n_requests']} |")
+            out.append(f"| {lib} | {d} | {b.total_time_s:.3g} s, {b.token_throughput_tok_s:,.0f} ({before_batching}) "
+                       f"| {a.total_time_s:.3g} s ({ci}), {a.token_throughput_tok_s:,.0f} "
+                       f"| {' '.join(f'{t:.3g}' for t in a.repeat_times_s)} | {batching} "
+                       f"| {a.n_exact}/{a.n_requests} |")
     return out + [""]
 
 

@@ -1,9 +1,10 @@
 """The child process of a batch run: ``python -m inference_eval.batch_worker JOB RESULT [PARENT_PID]``.
 
-Runs one library on one dataset and writes RESULT (JSON, atomically): status, reason, the phase it
-reached, import/load/generate times, per-request output token counts (from ids) and memory. Any
-exception of the library becomes a status here; what kills the process outright (a segfault, the
-OOM killer, a hang) is described by the parent (``inference_eval.batch``) from the exit and output.
+Runs one library on the requests of JOB (the parent's plan: ``batch_plan.job_requests``) and writes RESULT
+(JSON, atomically): status, reason, the phase it reached, import/load/generate times, per-request output
+token counts (from ids) and memory. Any exception of the library becomes a status here; what kills the
+process outright (a segfault, the OOM killer, a hang) is described by the parent
+(``inference_eval.batch_watch``) from the exit and output.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 from inference_eval.backends.base import Backend, load_backend_class
 from inference_eval.io import write_json
 from inference_eval.models.files import ModelFiles
+from inference_eval.processes import die_with_parent
 from inference_eval.telemetry import GpuTelemetry
 
 if TYPE_CHECKING:
     from inference_eval.requests import Request
 
-# The rest of the harness (inference_eval.batch, traceback, resource) is imported after the
-# library: the standard modules both need are then loaded by the library's import, which is timed as
+# The rest of the harness (inference_eval.batch_plan, batch_watch, traceback, resource) is imported
+# after the library: the standard modules both need are then loaded by the library's import, which is timed as
 # the library's, and what the harness adds on top is what it really costs (harness_overhead.py).
 EXTRA_OOM_MESSAGES = ("available kv cache memory",)
 DEFAULT_WARMUP_REQUESTS = 1
@@ -31,7 +33,7 @@ DEFAULT_WARMUP_REQUESTS = 1
 
 def classify(exc: BaseException) -> str:
     """Status for an exception the library raised."""
-    from inference_eval.batch import OOM_MARKERS
+    from inference_eval.batch_watch import OOM_MARKERS
     status = getattr(exc, "status", None)
     if isinstance(status, str) and status in ("not_installed", "unsupported"):
         return status
@@ -123,10 +125,10 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
         cls.check_available()
         result["import_time_s"] = time.perf_counter() - t0
 
-        from inference_eval.batch import batch_repeats, batch_requests
+        from inference_eval.batch_plan import batch_repeats, requests_from_job
         from inference_eval.requests import check_lengths
         phase = reached("dataset")
-        requests, _ = batch_requests(job["rows_path"], cfg)
+        requests = requests_from_job(job["requests"])
 
         phase = reached("load")
         t0 = time.perf_counter()
@@ -211,26 +213,12 @@ def run_job(job: dict, progress_path: str | None = None) -> dict[str, Any]:
     return result
 
 
-def _die_with_parent(parent_pid: int | None) -> None:
-    """Linux: get SIGKILL if the harness dies, so no library process outlives its run."""
-    if parent_pid is None or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print("usage: python -m inference_eval.batch_worker JOB.json RESULT.json [PARENT_PID]", file=sys.stderr)
         return 2
-    _die_with_parent(int(argv[3]) if len(argv) > 3 else None)
+    if len(argv) > 3:  # the harness's pid: end with it, so no library process outlives its run
+        die_with_parent(int(argv[3]))
     with open(argv[1], encoding="utf-8") as fh:
         job = json.load(fh)
     result = run_job(job, progress_path=argv[2] + ".progress")

@@ -155,8 +155,14 @@ def run_limits(cfg: dict) -> tuple[int | None, int | None]:
 
 def run_requests(rows_path: str | Path, cfg: dict) -> list[Request]:
     """The requests a job of ``cfg`` runs: the first ``limit`` rows, ``max_tokens`` capped."""
+    return apply_limits(load_requests(rows_path, limit=run_limits(cfg)[0]), cfg)
+
+
+def apply_limits(rows: Sequence[Request], cfg: dict) -> list[Request]:
+    """``rows`` (a whole dataset, or its first rows) cut to the first ``limit`` with ``max_tokens`` capped,
+    as ``run_requests`` reads them: for a caller that needs every row too (the batch harness counts them)."""
     limit, cap = run_limits(cfg)
-    requests = load_requests(rows_path, limit=limit)
+    chosen = list(rows if limit is None else rows[:limit])
     if cap is None:
-        return requests
-    return [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in requests]
+        return chosen
+    return [Request(r.id, r.prompt_token_ids, min(r.max_tokens, cap), r.prompt) for r in chosen]

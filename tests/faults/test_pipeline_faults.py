@@ -68,9 +68,9 @@ def test_interrupted_run_leaves_no_complete_looking_file_and_resumes(tmp_path):
 
 
 def test_truncated_dataset_is_a_clear_error(tmp_path):
-    from inference_eval.batch import batch_requests
+    from inference_eval.batch_plan import load_plan
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"id": "a", "prompt_token_ids": [5, 6], "max_tokens": 3}\n{"id": "b", "prompt_tok')
     with pytest.raises(DatasetError, match=r"rows.jsonl:2"):
-        batch_requests(rows, {"dataset": {}})
+        load_plan(rows, {"dataset": {}})

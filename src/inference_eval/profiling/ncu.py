@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +29,7 @@ from typing import Iterable
 import pandas as pd
 
 from inference_eval.opnames import OPS, STAGES
+from inference_eval.processes import run_group
 
 METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum")
 RANGE_RE = re.compile(r"ie\.b(\d+)\.s(\d+)\.(prefill|decode)\.([a-z_]+)")
@@ -137,11 +137,13 @@ def profile(spec: dict, workdir: str | Path, timeout_s: float) -> pd.DataFrame:
     src_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (src_root, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONPATH=path)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise NcuError(f"ncu ran past {timeout_s:.0f} s: {' '.join(cmd)}") from exc
-    (workdir / "ncu_stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    # its own process group: at the timeout (or when the job is cancelled) ncu and the program it
+    # profiles are ended together, not ncu alone
+    proc = run_group(cmd, timeout_s, capture_output=True, text=True, env=env)
+    (workdir / "ncu_stdout.txt").write_text((proc.stdout or "") + "\n--- stderr ---\n" + (proc.stderr or ""))
+    if proc.timed_out:
+        raise NcuError(f"ncu ran past {timeout_s:.0f} s (its process group was {proc.ending.value}): "
+                       f"{' '.join(cmd)}")
     if proc.returncode != 0 or not log.exists():
         raise NcuError(f"ncu exited with {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}")
     return join_ranges(parse_csv(log.read_text()), int(spec["layer"]))

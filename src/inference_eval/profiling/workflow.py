@@ -19,6 +19,8 @@ from inference_eval.io import write_csv, write_figure, write_json
 from inference_eval.opnames import STAGES
 from inference_eval.profiling import sweep as sw
 from inference_eval.profiling.runners import VARIANTS, ProfilingUnavailable
+from inference_eval.records import ModuleRow, checked_table
+from inference_eval.records.modules import rows_frame as module_rows_frame
 from inference_eval.slurm_failures import read_table
 
 # What the time model is fitted to: the stage's decoder-layer time (all l layers summed; per-op
@@ -87,13 +89,13 @@ def profile_library(cfg: dict, variant: str, outputs: Mapping[str, str], hf_dir:
             for sweep in sw.SWEEPS:
                 table = sw.sweep_table(summary, stage, sweep)
                 table["status"], table["reason"] = "ok", ""
-                write_csv(outputs[f"{stage}_{sweep}"], table)
+                _write_module_table(outputs[f"{stage}_{sweep}"], table)
         write_csv(outputs["points"], sw.points_table(summary, cfg).assign(status="ok", reason=""))
     else:
         failed = sw.failed_tables(variant, cfg, record["status"], record["reason"])
         for stage in STAGES:
             for sweep in sw.SWEEPS:
-                write_csv(outputs[f"{stage}_{sweep}"], failed.assign(stage=stage, sweep=sweep))
+                _write_module_table(outputs[f"{stage}_{sweep}"], failed.assign(stage=stage, sweep=sweep))
         write_csv(outputs["points"], failed)
     record["provenance"] = provenance(cfg, started=started)
     write_json(outputs["record"], record)
@@ -101,6 +103,12 @@ def profile_library(cfg: dict, variant: str, outputs: Mapping[str, str], hf_dir:
         raise RuntimeError(f"profiling {variant} failed ({record['status']}): {record['reason']} "
                            f"(record: {outputs['record']})")
     return record
+
+
+def _write_module_table(path: str, table: pd.DataFrame) -> None:
+    """A module table as ``records.ModuleRow`` rows (with their schema version)."""
+    rows = [ModuleRow.from_dict(r, source=f"{path} row {i + 1}") for i, r in enumerate(table.to_dict("records"))]
+    write_csv(path, module_rows_frame(rows))
 
 
 def _status_of(exc: Exception) -> str:
@@ -173,7 +181,7 @@ def fit_coefficients(points_paths: list[str], out_csv: str, fit_points_csv: str 
 
 def _ok_modules(module_csvs: list[str]) -> pd.DataFrame:
     """The measured rows of the module tables (failure records, which carry no op times, left out)."""
-    frames = [read_table(p) for p in module_csvs]
+    frames = [checked_table(p) for p in module_csvs]
     frames = [f[f["status"] == "ok"] if "status" in f else f for f in frames]
     frames = [f for f in frames if not f.empty and "op" in f]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -183,7 +191,7 @@ def write_figures(module_csvs: list[str], coefficients_csv: str, points_paths: l
                   fit_png: str) -> None:
     from inference_eval.profiling import figures, regression
 
-    modules = pd.concat([read_table(p) for p in module_csvs], ignore_index=True)
+    modules = pd.concat([checked_table(p) for p in module_csvs], ignore_index=True)
     write_figure(shares_png, figures.shares_figure(modules))
     coef = pd.read_csv(coefficients_csv)
     frames = [read_table(p) for p in points_paths]

@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from inference_eval.processes import end_group, start_group
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--remote-debugging-port=0", "--remote-allow-origins=*"]
@@ -125,9 +127,9 @@ async def open_page(url: str, width: int = 1400, height: int = 900, timeout: flo
     from websockets.asyncio.client import connect
 
     profile = tempfile.mkdtemp(prefix="report-chromium-")
-    proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                             f"--window-size={width},{height}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_group([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                        f"--window-size={width},{height}", "about:blank"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         port_file = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
@@ -155,12 +157,7 @@ async def open_page(url: str, width: int = 1400, height: int = 900, timeout: flo
             finally:
                 page.reader.cancel()
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        end_group(proc, grace_s=10)  # Chromium and its renderer, GPU and utility processes
         shutil.rmtree(profile, ignore_errors=True)
 
 

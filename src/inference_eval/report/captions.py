@@ -9,7 +9,7 @@ from typing import Any
 
 def batch_settings(cfg: dict) -> dict[str, Any]:
     """Row limit, timed repeats and untimed warm-up passes of a batch job."""
-    from inference_eval.batch import batch_repeats
+    from inference_eval.batch_plan import batch_repeats
 
     return {"limit": cfg["dataset"].get("limit"), "repeats": batch_repeats(cfg),
             "warmup_repeats": batch_repeats(cfg, warmup=True)}

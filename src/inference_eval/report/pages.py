@@ -18,6 +18,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from inference_eval.records import BatchRecord
+
 STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 13px; margin: 12px; color: #111; }
 h1 { font-size: 16px; margin: 0 0 6px 0; }
@@ -70,9 +72,10 @@ def table_page(csv_path: str | Path, title: str) -> str:
     )
 
 
-def _records(tables: Iterable[pd.DataFrame]) -> list[dict]:
+def _records(tables: Iterable[pd.DataFrame]) -> list[BatchRecord]:
     """The run records named in the tables' ``record`` column that exist (a missing library's record
-    exists too; a SLURM failure record stands in for a killed job)."""
+    exists too; a SLURM failure record stands in for a killed job). Unreadable files are left out; a
+    record of an unknown schema version raises (``records.RecordVersionError``)."""
     out, seen = [], set()
     for frame in tables:
         for path in frame.get("record", pd.Series(dtype=str)).dropna():
@@ -80,16 +83,16 @@ def _records(tables: Iterable[pd.DataFrame]) -> list[dict]:
                 continue
             seen.add(path)
             try:
-                out.append(json.loads(Path(path).read_text()))
-            except (OSError, ValueError):
+                out.append(BatchRecord.load(path))
+            except (OSError, json.JSONDecodeError):
                 continue
     return out
 
 
-def hardware_line(records: list[dict]) -> str:
+def hardware_line(records: list[BatchRecord]) -> str:
     """The hardware the records ran on, from their provenance: GPU name, driver, CPU, host."""
     for rec in records:
-        hw = (rec.get("provenance") or {}).get("hardware") or {}
+        hw = rec.provenance.get("hardware") or {}
         if not hw:
             continue
         parts = []
@@ -104,12 +107,12 @@ def hardware_line(records: list[dict]) -> str:
     return "unknown (no run record carries provenance)"
 
 
-def versions(records: list[dict]) -> dict[str, str]:
+def versions(records: list[BatchRecord]) -> dict[str, str]:
     """Package versions over all records: the harness's packages (provenance) and each library's own."""
     out: dict[str, set] = {}
     for rec in records:
-        merged = dict((rec.get("provenance") or {}).get("versions") or {})
-        merged.update(rec.get("library_versions") or {})
+        merged = dict(rec.provenance.get("versions") or {})
+        merged.update(rec.library_versions or {})
         for name, version in merged.items():
             if version:
                 out.setdefault(name, set()).add(str(version))
@@ -168,8 +171,7 @@ def run_summary_fragment(hardware: str, tables: Mapping[str, pd.DataFrame], serv
     vers = versions(records)
     parts.append("<p><b>Versions</b> (from the run records' provenance): "
                  + html.escape("; ".join(f"{k} {v}" for k, v in vers.items()) or "none recorded") + ".</p>")
-    commits = sorted({str(((r.get("provenance") or {}).get("git") or {}).get("commit", ""))[:12]
-                      for r in records} - {""})
+    commits = sorted({str((r.provenance.get("git") or {}).get("commit", ""))[:12] for r in records} - {""})
     if commits:
         parts.append(f"<p><b>Source</b>: git commit {html.escape(', '.join(commits))}.</p>")
     failed = failed_rows(tables)

@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from inference_eval.records.serving import read_sweep
 from inference_eval.report.pages import format_cell
 
 COEFFICIENT_NAMES = ("alpha", "beta", "gamma", "eta", "lambda", "mu", "phi", "psi", "omega", "nu")
@@ -79,23 +80,28 @@ def batch_section(dataset: str, frame: pd.DataFrame) -> list[str]:
 
 
 def serving_peak_rows(paths: Iterable[str | Path]) -> list[list]:
-    """Per sweep (library x model x dataset), the rate with the highest token throughput among its ok rows."""
+    """Per sweep (library x model x dataset), the rate with the highest token throughput among its ok rows
+    (``records.ServingRow``; the first such rate on a tie)."""
     rows = []
     for path in sorted(Path(p) for p in paths):
-        frame = pd.read_csv(path)
-        ok = frame[frame.get("status", "ok") == "ok"] if "status" in frame else frame
-        first = frame.iloc[0] if len(frame) else {}
-        lib, model, dataset = (first.get(k, "") for k in ("library", "model", "dataset")) if len(frame) else (
-            path.stem, "", "")
-        if ok.empty or ok["token_throughput_tok_s"].isna().all():
-            reason = next((str(x) for x in frame.get("reason", []) if isinstance(x, str) and x), "no ok rate")
-            rows.append([lib, model, dataset, "", "", "", "", "", str(len(frame)), reason])
+        sweep = read_sweep(path)
+        ok = [r for r in sweep if r.status == "ok" and not _nan(r.token_throughput_tok_s)]
+        first = sweep[0] if sweep else None
+        lib, model, dataset = (first.library, first.model, first.dataset) if first else (path.stem, "", "")
+        if not ok:
+            reason = next((r.reason for r in sweep if isinstance(r.reason, str) and r.reason), "no ok rate")
+            rows.append([lib, model, dataset, "", "", "", "", "", str(len(sweep)), reason])
             continue
-        best = ok.loc[ok["token_throughput_tok_s"].idxmax()]
-        rows.append([lib, model, dataset, _num(best["token_throughput_tok_s"], 1), format_cell(best["rate"]),
-                     _num(best.get("achieved_rate"), 2), _num(best.get("ttft_s_p50", float("nan")) * 1000, 1),
-                     _num(best.get("tpot_s_mean", float("nan")) * 1000, 2), f"{len(ok)} of {len(frame)}", ""])
+        n_ok = sum(r.status == "ok" for r in sweep)
+        best = max(ok, key=lambda r: r.token_throughput_tok_s)
+        rows.append([lib, model, dataset, _num(best.token_throughput_tok_s, 1), format_cell(best.rate),
+                     _num(best.achieved_rate, 2), _num(best.ttft_s_p50 * 1000, 1),
+                     _num(best.tpot_s_mean * 1000, 2), f"{n_ok} of {len(sweep)}", ""])
     return rows
+
+
+def _nan(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def serving_section(paths: Iterable[str | Path]) -> list[str]:

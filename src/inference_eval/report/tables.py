@@ -13,6 +13,7 @@ from typing import Iterable
 import pandas as pd
 
 from inference_eval.fairness import gate
+from inference_eval.records import BatchRecord
 
 TABLE_COLUMNS = [
     # first: whether the row may be read beside the others (inference_eval.fairness.gate), and why not
@@ -29,9 +30,10 @@ TABLE_COLUMNS = [
     "config_hash", "record",
 ]
 LABELS = {"transformers": "TRF", "vllm": "vLLM", "mii": "MII", "trtllm": "TRT", "llamacpp": "L.CPP"}
-# Columns a record carries under these names (the rest are derived below).
+# Columns derived in record_row or dataset_table; the others are the record's fields of the same name.
 _DERIVED = {"comparable", "comparability_reason", "prefix_caching", "batching", "library_label", "config_hash",
             "record", "bound_s", "efficiency", "repeat_times_s", "repeat_note"}
+_RECORD_COLUMNS = [c for c in TABLE_COLUMNS if c not in _DERIVED]
 # Repeats whose times vary by more than this (coefficient of variation) are called out in repeat_note.
 UNSTABLE_CV = 0.10
 
@@ -53,33 +55,32 @@ def repeat_note(times: list[float]) -> str:
     return note
 
 
-def _manifest_for_gate(rec: dict) -> dict | None:
+def _manifest_for_gate(rec: BatchRecord) -> dict | None:
     """The record's fairness manifest for the gate: a row without a result has nothing to compare."""
-    if rec.get("status") not in ("ok", "invalid"):
+    if not rec.has_result:
         return {"no_result": True}
-    return rec.get("fairness")
+    return rec.fairness
 
 
 def record_row(path: str | Path) -> dict:
+    """One table row from a batch record (``records.BatchRecord``; a SLURM failure record reads as one).
+    An unreadable file is a failed row naming it; a record of an unknown schema version raises."""
     path = Path(path)
     try:
-        rec = json.loads(path.read_text())
+        rec = BatchRecord.load(path)
     except (OSError, json.JSONDecodeError) as exc:
         return {"status": "failed", "reason": f"unreadable record {path}: {exc}", "record": str(path),
                 "_manifest": {"no_result": True}}
-    row = {k: rec.get(k) for k in TABLE_COLUMNS if k in rec and k not in _DERIVED}
-    row["library_label"] = LABELS.get(rec.get("library", ""), rec.get("library"))
-    row["config_hash"] = (rec.get("provenance") or {}).get("config_hash")
+    row = {k: getattr(rec, k) for k in _RECORD_COLUMNS}
+    row["library_label"] = LABELS.get(rec.library or "", rec.library)
+    row["config_hash"] = rec.provenance.get("config_hash")
     row["record"] = str(path)
-    settings = (rec.get("fairness") or {}).get("settings") or {}
-    row["prefix_caching"] = settings.get("prefix_caching")
-    row["batching"] = settings.get("batching")
-    if "repeats" not in rec and rec.get("total_time_s") is not None:
-        row["repeats"] = 1  # records made before repeats existed ran once
-    times = [float(t) for t in rec.get("repeat_times_s") or []]
+    row["prefix_caching"] = rec.settings.get("prefix_caching")
+    row["batching"] = rec.settings.get("batching")
+    times = [float(t) for t in rec.repeat_times_s]
     row["repeat_times_s"] = " ".join(f"{t:.4g}" for t in times)
     row["repeat_note"] = repeat_note(times)
-    if "energy_reason" not in rec:
+    if rec.energy_reason is None:
         row["energy_reason"] = "not measured: the record predates energy telemetry"
     row["_manifest"] = _manifest_for_gate(rec)
     return row

@@ -37,10 +37,11 @@ GOODPUT_SHARE = 0.99
 
 
 def load_sweeps(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Sweep CSVs; a SLURM failure record in place of one becomes its row (status, reason)."""
-    from inference_eval.slurm_failures import read_table
+    """Sweep CSVs (rows of ``records.ServingRow``, each row's schema version checked); a SLURM failure
+    record in place of one becomes its row (status, reason)."""
+    from inference_eval.records import checked_table
 
-    frames = [read_table(p) for p in paths]
+    frames = [checked_table(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -1,14 +1,13 @@
 """Start a library's server as its own process group on loopback, wait until it is healthy, stream its
 log into the run folder, and always stop the whole group: on success, on failure, on Ctrl-C and on
 SIGTERM (``inference_eval.termination``). A server that exits early, never gets healthy or cannot bind its
-port fails with ``ServerError`` carrying the tail of its log.
+port fails with ``ServerError`` carrying the tail of its log. Starting and ending the group, and the
+server's death with a launcher that dies without cleaning up, are ``inference_eval.processes``'.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference_eval import processes
 from inference_eval.serving.servers import LaunchCommand
 
 # Every process we start carries this in its environment (inherited by its children), so a test or
@@ -50,17 +50,6 @@ def check_port_free(host: str, port: int) -> None:
                                  f"or leave it unset to take a free one") from None
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: new session (own process group) and SIGTERM when our launcher dies
-    (Linux), so even a SIGKILLed launcher does not leave a server running."""
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _redacted_argv(cmd: LaunchCommand, api_key: str | None) -> list[str]:
     return ["<redacted>" if api_key and api_key in a else a for a in cmd.argv]
 
@@ -77,7 +66,7 @@ class ServerProcess:
 
     @property
     def pgid(self) -> int:
-        return self.proc.pid  # setsid: the leader's pid is the group id
+        return self.proc.pid  # processes.start_group: the leader's pid is the group id
 
     @property
     def base_url(self) -> str:
@@ -100,35 +89,16 @@ class ServerProcess:
             return ""
 
     def group_alive(self) -> bool:
-        try:
-            os.killpg(self.pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return processes.group_alive(self.pgid)
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM the whole group, wait ``grace_s``, then SIGKILL it; reap the leader."""
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                self.proc.poll()
-                if not self.group_alive():
-                    break
-                time.sleep(0.05)
-            if not self.group_alive():
-                break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    def stop(self, grace_s: float = STOP_GRACE_S) -> processes.Ending:
+        """SIGTERM the whole group, wait ``grace_s``, then SIGKILL it; reap the leader
+        (``processes.end_group``). Returns how the group ended, which the log's last line also says."""
+        ending = processes.end_group(self.proc, grace_s)
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"\n# [inference-eval] server group {self.pgid} stopped (exit {self.proc.returncode})\n")
+            fh.write(f"\n# [inference-eval] server group {self.pgid} stopped (exit {self.proc.returncode}, "
+                     f"{ending.value})\n")
+        return ending
 
     def __enter__(self) -> "ServerProcess":
         return self
@@ -196,8 +166,8 @@ def _start_once(cmd: LaunchCommand, log_path: Path, host: str, port: int, health
                  f"{' '.join(shown)}\n# [inference-eval] env: {env_shown}\n")
     log_fh = open(log_path, "ab", buffering=0)
     try:
-        proc = subprocess.Popen(cmd.argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                env=env, preexec_fn=_die_with_parent, close_fds=True)
+        proc = processes.start_group(cmd.argv, die_with_parent=True, stdin=subprocess.DEVNULL, stdout=log_fh,
+                                     stderr=subprocess.STDOUT, env=env, close_fds=True)
     except OSError as exc:
         log_fh.close()
         raise ServerError(f"cannot start {cmd.argv[0]!r}: {exc}") from exc

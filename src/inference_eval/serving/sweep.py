@@ -24,6 +24,8 @@ from inference_eval import fairness
 from inference_eval.datasets.manifest import read_manifest_or_empty
 from inference_eval.io import write_csv, write_json
 from inference_eval.models.files import ModelFiles
+from inference_eval.records.base import VERSION_KEY
+from inference_eval.records.serving import ServingRow, rows_frame
 from inference_eval.report.provenance import provenance, utc_now
 from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
 from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
@@ -49,7 +51,8 @@ METRIC_COLUMNS = (
 FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
                     "prefix_cache_hit_rate", "prefix_cache_hit_tokens", "prefix_cache_query_tokens",
                     "prefix_cache_source", "sampling", "prompt_route", "engine_settings")
-COLUMNS = IDENTITY + METRIC_COLUMNS + FAIRNESS_COLUMNS
+# The CSV's columns: the fields of records.ServingRow, in this order, then its schema version.
+COLUMNS = IDENTITY + METRIC_COLUMNS + FAIRNESS_COLUMNS + (VERSION_KEY,)
 WARMUP_TOKENS = 4
 
 
@@ -214,12 +217,13 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
         if not rows:
             rows.append({**ident, "rate": float("nan"), "status": status, "reason": reason})
         record["status"], record["reason"] = status, reason
-        record["rates"] = rows
+        typed = [ServingRow.from_dict(r, source=f"{out_csv} rate {r.get('rate')}") for r in rows]
+        record["rates"] = [r.to_dict() for r in typed]
         # the highest rate whose goodput stays within goodput_share of its throughput
         knee = goodput_knee(rows, goodput_share)
         record["slo"]["goodput_knee_rate"] = None if math.isnan(knee) else knee
         record["provenance"] = provenance(cfg, started=started)
-        frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+        frame = rows_frame(typed)
         write_json(run_dir / "record.json", record)
         write_csv(out_csv, frame)
         return frame
