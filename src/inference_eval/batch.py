@@ -9,7 +9,8 @@ library becomes a record with a status and a reason instead of a lost job. The p
 3. waits for the worker's result file (or its death, or the timeout),
 4. writes the run record (``docs/ARCHITECTURE.md``) and the per-request CSV, atomically.
 
-Status values: ok | invalid (lengths differ) | failed | oom | not_installed | unsupported. The wrong
+Status values: ok | invalid (lengths differ) | failed | oom | not_installed | unsupported | env_failed (the
+library's environment, ``library.env``, gave no interpreter: ``inference_eval.environments``). The wrong
 hardware never gets here: the workflow script stops before (a failed Snakemake job, not a record).
 """
 
@@ -31,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from inference_eval import fairness
+from inference_eval import environments, fairness
 from inference_eval.datasets.manifest import read_manifest
 from inference_eval.io import atomic_path, write_json
 from inference_eval.models.files import ModelFiles
@@ -39,7 +40,7 @@ from inference_eval.report.uncertainty import coefficient_of_variation, mean_ci9
 from inference_eval.requests import Request, load_requests, run_limits, run_requests
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
-STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported")
+STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported", "env_failed")
 REQUEST_COLUMNS = ["id", "prompt_tokens", "requested", "output_tokens", "ok", "error"]
 # Margin left inside the SLURM runtime so the record is written before the scheduler kills the job.
 RUNTIME_MARGIN_S = 120
@@ -190,18 +191,10 @@ def _nvml_handle():
         return None
 
 
-def _child_env() -> dict[str, str]:
-    """The worker imports what we import: our ``sys.path`` goes first on its ``PYTHONPATH``."""
-    env = dict(os.environ)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    here = str(Path(__file__).resolve().parents[1])
-    if here not in paths:
-        paths.insert(0, here)
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def _child_env(python: str | None = None) -> dict[str, str]:
+    """The worker imports what we import (our ``sys.path`` first on its ``PYTHONPATH``); in another
+    environment's interpreter, only the package's own source (``environments.child_env``)."""
+    return environments.child_env(python or sys.executable)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -285,14 +278,16 @@ def _wait_exit(proc: subprocess.Popen, pidfd: int | None, timeout_s: float) -> b
 
 
 def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None = None,
-               echo: bool = True, gpu: bool = False) -> dict[str, Any]:
-    """Run ``inference_eval.batch_worker`` on ``job`` and return its result (or a synthesised failure)."""
+               echo: bool = True, gpu: bool = False, python: str | None = None) -> dict[str, Any]:
+    """Run ``inference_eval.batch_worker`` on ``job`` with ``python`` (default: this interpreter) and
+    return its result (or a synthesised failure)."""
     job_path, result_path = workdir / "job.json", workdir / "result.json"
     job_path.write_text(json.dumps(job, default=str), encoding="utf-8")
-    cmd = [sys.executable, "-m", "inference_eval.batch_worker", str(job_path), str(result_path), str(os.getpid())]
+    python = python or sys.executable
+    cmd = [python, "-m", "inference_eval.batch_worker", str(job_path), str(result_path), str(os.getpid())]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=_child_env(), start_new_session=True)
+                            env=_child_env(python), start_new_session=True)
     output = _OutputTail(proc.stdout, log_path, echo)
     sampler = _MemorySampler(proc.pid, gpu=gpu)
     timed_out = False
@@ -471,6 +466,10 @@ def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, 
     gpu = (cfg.get("hardware") or {}).get("kind") == "gpu"
     job = {"cfg": cfg, "rows_path": str(rows_path), "files": asdict(files)}
     timeout_s = worker_timeout_s(cfg)
+    try:  # the library's interpreter (library.env); none to be had is the record's env_failed
+        python, env_error = environments.library_python(cfg), None
+    except environments.EnvironmentFailed as exc:
+        python, env_error = sys.executable, str(exc)
 
     # Bookkeeping that overlaps the worker's run (the parent would otherwise just wait).
     side: dict[str, Any] = {}
@@ -478,7 +477,7 @@ def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, 
     def _bookkeeping():
         try:
             side["requests"], side["dataset_rows"] = batch_requests(rows_path, cfg)
-            side["provenance"] = provenance(cfg, started=started)
+            side["provenance"] = provenance(cfg, started=started, interpreter=python)
         except BaseException as exc:  # re-raised in the caller's thread
             side["error"] = exc
 
@@ -486,7 +485,13 @@ def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, 
     with tempfile.TemporaryDirectory(prefix=".batch-worker-", dir=Path(record_path).parent) as tmp:
         helper = threading.Thread(target=_bookkeeping, name="batch-bookkeeping", daemon=True)
         helper.start()
-        result = run_worker(job, Path(tmp), timeout_s, Path(log_path) if log_path else None, echo=echo, gpu=gpu)
+        if env_error:
+            result = {"status": "env_failed", "reason": env_error, "phase": "environment"}
+            if log_path:
+                Path(log_path).write_text(f"env_failed: {env_error}\n", encoding="utf-8")
+        else:
+            result = run_worker(job, Path(tmp), timeout_s, Path(log_path) if log_path else None, echo=echo, gpu=gpu,
+                                python=python)
         helper.join()
     if "error" in side:
         raise side["error"]
