@@ -91,9 +91,17 @@ class ServerSpec:
     prompt_as_text: bool = False           # the server only takes text prompts
     length_from_finish_reason: bool = False  # stream has no ids/usage; "length" certifies max_tokens
     needs: tuple[str, ...] = ()            # ModelFiles attributes the server needs
-    # The interpreter of the library's environment (environments.library_python; the sweep sets it):
-    # the server runs with it, and what it needs installed is looked up there.
-    python: str = sys.executable
+    _python: str | None = None
+
+    @property
+    def python(self) -> str:
+        """The interpreter of the library's environment (environments.library_python; the sweep sets it;
+        unset: this one): the server runs with it, and what it needs installed is looked up there."""
+        return self._python or sys.executable
+
+    @python.setter
+    def python(self, value: str) -> None:
+        self._python = value
 
     def unavailable_reason(self) -> str | None:
         """Why this library cannot be served here (None when it can)."""
