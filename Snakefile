@@ -3,8 +3,10 @@
 #   snakemake --cores 8 results/a100/s2s_table.csv  any output is a target; its path names the hardware
 #   snakemake --cores 8 all --config model=llama2-7b overrides="dataset.limit=64"
 #   snakemake --report report.html                  the report of what `all` made (after the line above)
+#   snakemake --cores 8 envs                        only the per-engine environments (rules/envs.smk)
 include: "rules/common.smk"
 include: "rules/resources.smk"
+include: "rules/envs.smk"
 include: "rules/datasets.smk"
 include: "rules/models.smk"
 include: "rules/batch.smk"

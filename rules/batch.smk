@@ -6,6 +6,7 @@
 rule batch_run:
     input:
         unpack(model_files),
+        unpack(library_env),
         rows=dataset_rows,
     output:
         record=f"{RESULTS}/{{hardware}}/batch/{{library}}/{{model}}/{{dataset}}.json",

@@ -66,12 +66,29 @@ def fine_grain_targets(hardware):
     return theory_targets(hardware) + module_targets(hardware)
 
 
-def importable(module):
-    """Whether a library is importable where Snakemake plans the DAG. Weights files (13 GB for a 7B
-    model) are planned only for libraries that can use them; a missing one records its reason."""
+def importable(module, library=None, hardware=None):
+    """Whether a library is importable where Snakemake plans the DAG (with `library`: in that library's
+    environment, inference_eval.environments). Weights files (13 GB for a 7B model) are planned only for
+    libraries that can use them; a missing one records its reason."""
     import importlib.util
 
+    if library is not None:
+        from inference_eval.environments import library_has_module
+
+        return library_has_module(PIPELINE.job(library=library, hardware=hardware or PIPELINE.hardware), module)
     return importlib.util.find_spec(module) is not None
+
+
+def library_env(wildcards):
+    """The env.json of the library's environment (rules/envs.smk) when its `library.env` names a lock, so
+    its batch and serving jobs wait for the build and rerun when the lock changes; none otherwise."""
+    from inference_eval.environments import status_path
+
+    try:
+        path = status_path(PIPELINE.job(library=wildcards.library, hardware=wildcards.hardware))
+    except ValueError as exc:
+        raise WorkflowError(f"configuration error: {exc}")
+    return {"env": str(path)} if path else {}
 
 
 def model_files(wildcards):
@@ -81,7 +98,7 @@ def model_files(wildcards):
     if lib == "llamacpp":
         dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
         files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
-    if lib == "mii" and importable("mii"):  # mii.pipeline loads a model folder with weights
+    if lib == "mii" and importable("mii", lib, wildcards.hardware):  # mii.pipeline loads a model folder with weights
         files["weights"] = f"{RESULTS}/models/{m}/weights/model.safetensors"
     if lib == "trtllm":
         files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"

@@ -26,7 +26,7 @@ SERVER_MODULES = {"transformers": "transformers", "mii": "mii", "trtllm": "tenso
 def serving_model_files(wildcards):
     """model_files (common.smk) plus the written-out weights for servers that load files."""
     files = dict(model_files(wildcards))
-    if wildcards.library in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[wildcards.library]):
+    if wildcards.library in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[wildcards.library], wildcards.library, wildcards.hardware):
         files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
     return files
 
@@ -34,6 +34,7 @@ def serving_model_files(wildcards):
 rule serving_sweep:
     input:
         unpack(serving_model_files),
+        unpack(library_env),
         rows=dataset_rows,
     output:
         csv=f"{RESULTS}/{{hardware}}/serving/{{library}}_{{model}}_{{dataset}}.csv",

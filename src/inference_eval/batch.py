@@ -11,7 +11,9 @@ library becomes a record with a status and a reason instead of a lost job. The p
 4. writes the run record (``records.BatchRecord``, built by ``batch_record``) and the per-request CSV,
    atomically.
 
-The wrong hardware never gets here: the workflow script stops before (a failed Snakemake job, not a record).
+Status values: ok | invalid (lengths differ) | failed | oom | not_installed | unsupported | env_failed (the
+library's environment, ``library.env``, gave no interpreter: ``inference_eval.environments``). The wrong
+hardware never gets here: the workflow script stops before (a failed Snakemake job, not a record).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from inference_eval import environments
 from inference_eval.batch_plan import job_requests, load_plan, worker_timeout_s
 from inference_eval.batch_record import build_record, request_rows, write_requests_csv
 from inference_eval.batch_watch import run_worker
@@ -32,9 +35,9 @@ from inference_eval.models.files import ModelFiles
 
 def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, record_path: str | Path,
               requests_csv_path: str | Path, log_path: str | Path | None = None, echo: bool = True,
-              python: str = sys.executable) -> dict:
-    """Run one batch job in a fresh worker process (interpreter ``python``) and write its record and
-    per-request CSV.
+              python: str | None = None) -> dict:
+    """Run one batch job in a fresh worker process and write its record and per-request CSV. The worker's
+    interpreter is ``python``, else the library's environment (``environments.library_python``).
 
     Returns the record as written (``BatchRecord.to_dict``). Never raises for a library failure (that is
     the record's status); raises only for bad input of our own (unreadable dataset, bad config).
@@ -48,13 +51,19 @@ def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, 
     plan = load_plan(rows_path, cfg)
     job = {"cfg": cfg, "requests": job_requests(plan.requests), "files": asdict(files)}
     timeout_s = worker_timeout_s(cfg)
+    env_error = None
+    if python is None:
+        try:  # the library's interpreter (library.env); none to be had is the record's env_failed
+            python = environments.library_python(cfg)
+        except environments.EnvironmentFailed as exc:
+            python, env_error = sys.executable, str(exc)
 
     # Provenance (hashing the sources, asking git) overlaps the worker's run: the parent would only wait.
     side: dict[str, Any] = {}
 
     def _bookkeeping():
         try:
-            side["provenance"] = provenance(cfg, started=started)
+            side["provenance"] = provenance(cfg, started=started, interpreter=python)
         except BaseException as exc:  # re-raised in the caller's thread
             side["error"] = exc
 
@@ -62,8 +71,13 @@ def run_batch(cfg: Mapping[str, Any], rows_path: str | Path, files: ModelFiles, 
     with tempfile.TemporaryDirectory(prefix=".batch-worker-", dir=Path(record_path).parent) as tmp:
         helper = threading.Thread(target=_bookkeeping, name="batch-bookkeeping", daemon=True)
         helper.start()
-        result = run_worker(job, Path(tmp), timeout_s, Path(log_path) if log_path else None, echo=echo, gpu=gpu,
-                            python=python)
+        if env_error:
+            result = {"status": "env_failed", "reason": env_error, "phase": "environment"}
+            if log_path:
+                Path(log_path).write_text(f"env_failed: {env_error}\n", encoding="utf-8")
+        else:
+            result = run_worker(job, Path(tmp), timeout_s, Path(log_path) if log_path else None, echo=echo,
+                                gpu=gpu, python=python)
         helper.join()
     if "error" in side:
         raise side["error"]

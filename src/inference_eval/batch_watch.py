@@ -18,10 +18,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from inference_eval import processes
+from inference_eval import environments, processes
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
-STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported")
+STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported", "env_failed")
 # After the worker wrote its result, how long it may take to exit (libraries that hang in shutdown).
 EXIT_GRACE_S = 30.0
 # How long the worker's leftover processes get between SIGTERM and SIGKILL.
@@ -145,18 +145,10 @@ def _nvml_handle():
         return None
 
 
-def child_env() -> dict[str, str]:
-    """The worker imports what we import: our ``sys.path`` goes first on its ``PYTHONPATH``."""
-    env = dict(os.environ)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    here = str(Path(__file__).resolve().parents[1])
-    if here not in paths:
-        paths.insert(0, here)
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def child_env(python: str = sys.executable) -> dict[str, str]:
+    """The worker imports what we import (our ``sys.path`` first on its ``PYTHONPATH``); in another
+    environment's interpreter, only the package's own source (``environments.child_env``)."""
+    return environments.child_env(python)
 
 
 def describe_exit(returncode: int, timed_out: bool, timeout_s: float, tail: str,
@@ -183,7 +175,7 @@ def run_worker(job: dict, workdir: Path, timeout_s: float, log_path: Path | None
     job_path.write_text(json.dumps(job, default=str), encoding="utf-8")
     started = time.perf_counter()
     proc = processes.start_group(worker_argv(job_path, result_path, python=python), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env())
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(python))
     output = _OutputTail(proc.stdout, log_path, echo)
     sampler = _MemorySampler(proc.pid, gpu=gpu)
     timed_out = False

@@ -97,10 +97,19 @@ def hardware_info() -> dict[str, Any]:
                       if k in os.environ}}
 
 
-def provenance(cfg: Mapping[str, Any], started: str | None = None) -> dict[str, Any]:
+def provenance(cfg: Mapping[str, Any], started: str | None = None, interpreter: str | None = None) -> dict[str, Any]:
+    """With ``interpreter`` (the one that ran the library, ``environments.library_python``): ``versions``
+    are that interpreter's, and ``environment`` says which it was (library.env, lock and its hash)."""
     safe = redact(cfg)
-    return {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
-            "source": source_digest(), "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}
+    out = {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
+           "source": source_digest(), "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}
+    if interpreter is not None:
+        from inference_eval import environments
+
+        out["environment"] = environments.describe(cfg, interpreter)
+        if not environments.is_current(interpreter):
+            out["versions"] = environments.interpreter_versions(interpreter, PACKAGES) or out["versions"]
+    return out
 
 
 # -- `inference-eval provenance`: what a record made from this checkout would carry ------------------

