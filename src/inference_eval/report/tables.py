@@ -12,6 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from inference_eval import libraries
 from inference_eval.fairness import gate
 
 TABLE_COLUMNS = [
@@ -26,7 +27,16 @@ TABLE_COLUMNS = [
     "bound_s", "efficiency", "status", "reason", "comparability_reason", "prefix_caching", "batching",
     "config_hash", "record",
 ]
-LABELS = {"transformers": "TRF", "vllm": "vLLM", "mii": "MII", "trtllm": "TRT", "llamacpp": "L.CPP"}
+
+
+def library_label(rec: dict) -> str:
+    """A record's library label: the package registry's (conf/library/<name>.yaml), else the label its
+    own config carries (a library from a conf_path folder), else the library's name."""
+    name = str(rec.get("library") or "")
+    own = (((rec.get("provenance") or {}).get("config") or {}).get("library") or {}).get("label")
+    return libraries.label(name, default=str(own) if own else name)
+
+
 # Columns a record carries under these names (the rest are derived below).
 _DERIVED = {"comparable", "comparability_reason", "prefix_caching", "batching", "library_label", "config_hash",
             "record", "bound_s", "efficiency", "repeat_times_s", "repeat_note"}
@@ -66,7 +76,7 @@ def record_row(path: str | Path) -> dict:
         return {"status": "failed", "reason": f"unreadable record {path}: {exc}", "record": str(path),
                 "_manifest": {"no_result": True}}
     row = {k: rec.get(k) for k in TABLE_COLUMNS if k in rec and k not in _DERIVED}
-    row["library_label"] = LABELS.get(rec.get("library", ""), rec.get("library"))
+    row["library_label"] = library_label(rec)
     row["config_hash"] = (rec.get("provenance") or {}).get("config_hash")
     row["record"] = str(path)
     settings = (rec.get("fairness") or {}).get("settings") or {}

@@ -5,7 +5,7 @@ and reason) and its record: never a silent gap.
 
 Row status: ``ok`` (every request returned exactly its tokens), ``invalid`` (some failed or came back
 with the wrong length: the row's numbers are not comparable), ``failed`` (none succeeded, or the server
-failed), ``not_installed``.
+failed), ``not_installed``, ``unsupported`` (the library's registry entry has no server).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     library = cfg["library"]["name"]
-    spec = spec or server_spec(library)
+    spec = spec or server_spec(cfg["library"])  # the library's registry entry as the job config carries it
     settings = ServingSettings.from_cfg(cfg)
     source, synthetic = dataset_source(cfg, rows_path)
     ident = {"library": library, "model": cfg["model"]["name"],
@@ -223,7 +223,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
 
     reason = spec.unavailable_reason()
     if reason:
-        return finish("not_installed", reason)
+        return finish(spec.unavailable_status, reason)  # not_installed, or unsupported: no server spec
     try:
         spec.check_files(files)
         rows_used = load_requests(rows_path, limit=run_limits(cfg)[0])
