@@ -1,20 +1,25 @@
 # Config composition (Hydra), validation, the experiment matrix and input functions.
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from inference_eval import libraries  # noqa: E402
 from inference_eval.config import PipelineConfig, ConfigError  # noqa: E402
 
 try:
     PIPELINE = PipelineConfig.from_snakemake(config)
-except ConfigError as _err:
+    # The library registry (conf/library/*.yaml and conf_path folders): every library's rules,
+    # artifacts, server and profiled variants derive from it (inference_eval.libraries).
+    LIBRARY_REGISTRY = libraries.registry(PIPELINE.roots)
+except (ConfigError, libraries.LibraryConfigError) as _err:
     raise WorkflowError(f"configuration error: {_err}")
 
 RESULTS = PIPELINE.root["results_dir"]
 HARDWARE_CHOICES = "|".join(["cpu", "3090", "4090", "a100", "h100", "h200"])
-LIBRARIES = "transformers|vllm|llamacpp|mii|trtllm"
+LIBRARIES = "|".join(re.escape(name) for name in LIBRARY_REGISTRY)
 DATASETS = "s2s|s2l|s16k|l2s"
 
 
@@ -91,18 +96,32 @@ def library_env(wildcards):
     return {"env": str(path)} if path else {}
 
 
-def model_files(wildcards):
-    """Inputs a batch or serving job of {library} needs from the models rules (rules/models.smk)."""
-    m, lib = wildcards.model, wildcards.library
-    files = {"hf": f"{RESULTS}/models/{m}/hf/config.json"}
-    if lib == "llamacpp":
-        dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
-        files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
-    if lib == "mii" and importable("mii", lib, wildcards.hardware):  # mii.pipeline loads a model folder with weights
-        files["weights"] = f"{RESULTS}/models/{m}/weights/model.safetensors"
-    if lib == "trtllm":
-        files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"
+def artifact_files(artifacts, library, model, hardware):
+    """The models rules' outputs (rules/models.smk) for a list of registry artifacts, as named inputs
+    (hf, weights, gguf, engine: what ModelFiles.from_rule_inputs reads). The written-out weights are
+    planned only where the library's module is importable; a missing one records its reason."""
+    lib = LIBRARY_REGISTRY[library]
+    files = {}
+    for artifact in artifacts:
+        if artifact == "hf":
+            files["hf"] = f"{RESULTS}/models/{model}/hf/config.json"
+        elif artifact == "gguf":
+            dtype = PIPELINE.job(library=library, model=model)["library"].get("gguf_dtype") or "f16"
+            files["gguf"] = f"{RESULTS}/models/{model}/gguf/{dtype}.gguf"
+        elif artifact == "safetensors":
+            if not lib.module or importable(lib.module, library, hardware):
+                files["weights"] = f"{RESULTS}/models/{model}/weights/model.safetensors"
+        elif artifact == "trt_engine":
+            files["engine"] = f"{RESULTS}/{hardware}/engines/trtllm/{model}/engine.json"
+        else:
+            raise WorkflowError(f"{lib.path}: unknown artifact {artifact!r}; valid: {', '.join(libraries.ARTIFACTS)}")
     return files
+
+
+def model_files(wildcards):
+    """Inputs a batch job of {library} needs from the models rules: its registry entry's model_files."""
+    lib = LIBRARY_REGISTRY[wildcards.library]
+    return artifact_files(lib.model_files, lib.name, wildcards.model, wildcards.hardware)
 
 
 # Timed jobs (batch, serving, module profiling) claim every core the run was given, so Snakemake

@@ -4,17 +4,22 @@
 #   results/{hardware}/modules/{variant}_points.csv            per point: decoder-layer time (fit input)
 #   results/{hardware}/coefficients.csv                        time-model coefficients, r2, held-out MAPE
 #   results/{hardware}/figures/module_shares.png, time_model_fit.png
-# {variant}: transformers-eager | transformers-sdpa | vllm. Model, sweeps, repeats: the hardware
-# kind's defaults in inference_eval.profiling.sweep, overridden by a `profiling:` config block.
+# {variant}: a profiled variant of the library registry (module_profiling of conf/library/*.yaml:
+# transformers-eager | transformers-sdpa | vllm). Model, sweeps, repeats: the hardware kind's defaults
+# in inference_eval.profiling.sweep, overridden by a `profiling:` config block.
 
 from inference_eval.profiling import sweep as profiling_sweep  # noqa: E402
 
-PROFILED_VARIANTS = "transformers-eager|transformers-sdpa|vllm"
+VARIANTS = {v.name: v for lib in LIBRARY_REGISTRY.values() for v in lib.variants}
+PROFILED_VARIANTS = "|".join(re.escape(name) for name in VARIANTS) or "(?!)"  # (?!): none matches
 PROFILED_STAGES = ("prefill", "decode")
 
 
 def profiling_settings(hardware):
-    return profiling_sweep.settings(PIPELINE.job(hardware=hardware))
+    try:
+        return profiling_sweep.settings(PIPELINE.job(hardware=hardware))
+    except ValueError as err:
+        raise WorkflowError(f"configuration error: {err}")
 
 
 def profiling_model(hardware):
@@ -24,12 +29,11 @@ def profiling_model(hardware):
 def profiled_variants(hardware):
     """The configured variants whose library is in the experiment matrix."""
     libs = set(PIPELINE.libraries)
-    return [v for v in profiling_settings(hardware)["libraries"] if v.split("-")[0] in libs]
+    return [v for v in profiling_settings(hardware)["libraries"] if VARIANTS[v].library in libs]
 
 
 def profiling_job(wc):
-    library = wc.variant.split("-")[0]
-    return PIPELINE.job(model=profiling_model(wc.hardware), hardware=wc.hardware, library=library)
+    return PIPELINE.job(model=profiling_model(wc.hardware), hardware=wc.hardware, library=VARIANTS[wc.variant].library)
 
 
 def module_files(hardware, variant):
@@ -59,9 +63,9 @@ def module_targets(hardware):
 
 
 def profiling_inputs(wc):
-    if wc.variant == "vllm":
-        return {"hf": f"{RESULTS}/models/{profiling_model(wc.hardware)}/hf/config.json"}
-    return {}
+    """What the variant's runner needs from the models rules (its registry entry's model_files)."""
+    v = VARIANTS[wc.variant]
+    return artifact_files(v.model_files, v.library, profiling_model(wc.hardware), wc.hardware)
 
 
 rule profile_modules:

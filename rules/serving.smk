@@ -20,15 +20,13 @@ def serving_targets(hardware):
     return out
 
 
-SERVER_MODULES = {"transformers": "transformers", "mii": "mii", "trtllm": "tensorrt_llm"}
-
-
 def serving_model_files(wildcards):
-    """model_files (common.smk) plus the written-out weights for servers that load files."""
-    files = dict(model_files(wildcards))
-    if wildcards.library in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[wildcards.library], wildcards.library, wildcards.hardware):
-        files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
-    return files
+    """What the library's server needs from the models rules (its registry entry's server.model_files,
+    common.smk's artifact_files). A library without a server still gets its sweep job: it writes one
+    `unsupported` row with the reason, from the HF folder alone."""
+    lib = LIBRARY_REGISTRY[wildcards.library]
+    artifacts = lib.server.model_files if lib.server else ("hf",)
+    return artifact_files(artifacts, lib.name, wildcards.model, wildcards.hardware)
 
 
 rule serving_sweep:

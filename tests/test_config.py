@@ -196,9 +196,16 @@ def test_nested_unknown_keys_and_cross_key_checks():
         compose(["+foo=1"])
 
 
-def test_library_registry_keys_pass_unchecked():
-    cfg = compose(["+library.packages=[torch]", "+library.server={module: x}", "library.label=7"])
-    assert cfg["library"]["packages"] == ["torch"] and cfg["library"]["label"] == 7
+def test_library_registry_keys_are_typed_and_engine_keys_pass():
+    """The registry keys (inference_eval.libraries) are checked; a library's own engine keys pass unchecked."""
+    cfg = compose(["library.packages=[torch]", "+library.my_engine_knob={any: thing}"])
+    assert cfg["library"]["packages"] == ["torch"] and cfg["library"]["my_engine_knob"] == {"any": "thing"}
+    with pytest.raises(ConfigError, match=r"library\.label = 7 is not allowed; expected a non-empty string"):
+        compose(["library.label=7"])
+    with pytest.raises(ConfigError, match=r"library\.model_files\[1\] = 'onnx' is not allowed; expected one of 'hf'"):
+        compose(["library.model_files=[hf,onnx]"])
+    with pytest.raises(ConfigError, match=r"library\.backend = 'nocolon'.*'package\.module:ClassName'"):
+        compose(["library.backend=nocolon"])
 
 
 def test_values_the_consumers_accept_pass():
@@ -218,7 +225,9 @@ def test_schema_enums_match_their_consumers():
     from inference_eval.datasets.build import SOURCES, TASKS
     from inference_eval.models.gguf_writer import GGUF_DTYPES
     from inference_eval.models.spec import DTYPES, FAMILIES
-    from inference_eval.profiling.runners import VARIANTS
+    from inference_eval.libraries import ARTIFACTS, BYTE_MODELS, LENGTH_CHECKS, PROMPTS, RUNNERS
+    from inference_eval.profiling.runners import RUNNERS as RUNNER_CLASSES
+    from inference_eval.theory.ops import FUSED, UNFUSED
     from inference_eval.profiling.sweep import DEFAULTS
     from inference_eval.serving.metrics import SLO_KEYS
     from inference_eval.serving.rate_search import SearchSettings
@@ -238,5 +247,11 @@ def test_schema_enums_match_their_consumers():
     assert tuple(search) == tuple(SearchSettings.__dataclass_fields__)
     profiling = root["properties"]["profiling"]["anyOf"][1]["properties"]
     assert set(profiling) == set(DEFAULTS["gpu"]) == set(DEFAULTS["cpu"])
-    assert tuple(profiling["libraries"]["anyOf"][0]["items"]["enum"]) == tuple(VARIANTS)
+    assert RUNNERS == RUNNER_CLASSES and BYTE_MODELS == (FUSED, UNFUSED)
+    variant = lib["$defs"]["profiled_variant"]["properties"]
+    assert tuple(variant["runner"]["enum"]) == RUNNERS and tuple(variant["byte_model"]["enum"]) == BYTE_MODELS
+    assert tuple(variant["attn_implementation"]["anyOf"][0]["enum"]) == ATTN_IMPLEMENTATIONS
+    assert tuple(lib["$defs"]["artifacts"]["items"]["enum"]) == ARTIFACTS
+    server = lib["$defs"]["server"]["properties"]
+    assert tuple(server["prompt"]["enum"]) == PROMPTS and tuple(server["length_check"]["enum"]) == LENGTH_CHECKS
     assert set(profiling["ncu"]["anyOf"][1]["properties"]) == set(DEFAULTS["gpu"]["ncu"])

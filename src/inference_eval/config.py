@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from inference_eval import config_schema
+from inference_eval import config_roots, config_schema
 from inference_eval.redaction import redact_with_digest
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = config_roots.PACKAGE_CONF
 GROUPS = ("dataset", "library", "model", "hardware", "scenario")
 # Plain `--config` keys that are not Hydra overrides.
 SNAKEMAKE_KEYS = ("overrides",)
@@ -33,10 +33,12 @@ def conf_dir() -> Path:
     return CONF_DIR
 
 
-@functools.lru_cache(maxsize=None)
-def group_options(group: str) -> tuple[str, ...]:
-    d = CONF_DIR / group
-    return tuple(sorted(p.stem for p in d.glob("*.yaml")))
+def group_options(group: str, roots: tuple[Path, ...] | None = None) -> tuple[str, ...]:
+    """The members of ``group`` in the package's ``conf/`` and the extra ``roots`` (``config_roots``)."""
+    try:
+        return tuple(config_roots.group_members(group, roots or (CONF_DIR,)))
+    except config_roots.ConfRootError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def root_keys() -> tuple[str, ...]:
@@ -70,8 +72,17 @@ def overrides_from_snakemake(config: Mapping[str, Any]) -> list[str]:
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[A-Za-z_][\w.\-@/]*)(=(?P<value>.*))?$", re.S)
 
 
-def validate_overrides(overrides: Iterable[str]) -> None:
+def _roots(overrides: Iterable[str]) -> tuple[Path, ...]:
+    try:
+        return config_roots.roots_from_overrides(overrides)
+    except config_roots.ConfRootError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def validate_overrides(overrides: Iterable[str], roots: tuple[Path, ...] | None = None) -> None:
     """Reject unknown keys and group values before Hydra does, with the valid ones listed."""
+    overrides = list(overrides)
+    roots = roots or _roots(overrides)
     top = set(root_keys()) | set(GROUPS)
     for ov in overrides:
         m = _OVERRIDE.match(ov)
@@ -85,9 +96,9 @@ def validate_overrides(overrides: Iterable[str]) -> None:
             raise ConfigError(
                 f"unknown config key {key!r} in override {ov!r}; valid keys: {', '.join(sorted(top))}"
                 + " (Snakemake's --config cannot carry dots: use --config overrides=\"a.b=1 c.d=2\")")
-        if key in GROUPS and value not in group_options(key):
+        if key in GROUPS and value not in group_options(key, roots):
             raise ConfigError(
-                f"unknown {key} {value!r}; valid {key} choices: {', '.join(group_options(key))}")
+                f"unknown {key} {value!r}; valid {key} choices: {', '.join(group_options(key, roots))}")
 
 
 def _quote_numeric_choice(override: str) -> str:
@@ -99,11 +110,12 @@ def _quote_numeric_choice(override: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def member_keys(group: str) -> dict[str, frozenset[str]]:
+def member_keys(group: str, roots: tuple[Path, ...] | None = None) -> dict[str, frozenset[str]]:
     """Top-level keys of each member of a config group."""
     from omegaconf import OmegaConf
 
-    return {name: frozenset(OmegaConf.load(CONF_DIR / group / f"{name}.yaml").keys()) for name in group_options(group)}
+    return {name: frozenset(OmegaConf.load(path).keys())
+            for name, path in config_roots.group_members(group, roots or (CONF_DIR,)).items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,7 +139,7 @@ def chosen_members(overrides: Iterable[str]) -> dict[str, str]:
     return chosen
 
 
-def applicable_overrides(overrides: list[str]) -> list[str]:
+def applicable_overrides(overrides: list[str], roots: tuple[Path, ...] | None = None) -> list[str]:
     """Drop ``group.key=value`` overrides that belong to another member of the group than the one chosen.
 
     One override list serves every job of a run: ``scenario.num_requests=160`` is meant for serving
@@ -141,7 +153,7 @@ def applicable_overrides(overrides: list[str]) -> list[str]:
         parts = m.group("key").split(".") if m else []
         if m and not m.group("prefix") and len(parts) > 1 and parts[0] in GROUPS:
             group, key = parts[0], parts[1]
-            members = member_keys(group)
+            members = member_keys(group, roots)
             if key not in members.get(chosen.get(group, ""), frozenset()):
                 if not any(key in keys for keys in members.values()):
                     valid = sorted(set().union(*members.values()))
@@ -160,25 +172,27 @@ def compose(overrides: Iterable[str] = ()) -> dict:
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [_quote_numeric_choice(o) for o in overrides]
-    validate_overrides(overrides)
+    roots = _roots(overrides)
+    validate_overrides(overrides, roots)
     members = chosen_members(overrides)
-    overrides = applicable_overrides(overrides)
+    overrides = applicable_overrides(overrides, roots)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config",
+                                overrides=overrides + config_roots.searchpath_override(roots))
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
     assert isinstance(resolved, dict)
     try:
-        config_schema.check(resolved, members, group_options("model"))
+        config_schema.check(resolved, members, group_options("model", roots))
     except config_schema.SchemaError as exc:
         raise ConfigError(str(exc)) from None
-    _check_values(resolved)
+    _check_values(resolved, roots)
     return resolved
 
 
-def _check_values(cfg: dict) -> None:
+def _check_values(cfg: dict, roots: tuple[Path, ...] | None = None) -> None:
     matrix = cfg.get("matrix") or {}
     for key, group in (("datasets", None), ("libraries", "library"), ("models", "model"), ("scenarios", "scenario")):
         values = matrix.get(key)
@@ -187,14 +201,14 @@ def _check_values(cfg: dict) -> None:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"matrix.{key} must be a non-empty list, got {values!r}")
         if group:
-            bad = [v for v in values if v not in group_options(group)]
+            bad = [v for v in values if v not in group_options(group, roots)]
             if bad:
-                raise ConfigError(f"unknown matrix.{key} {bad}; valid: {', '.join(group_options(group))}")
+                raise ConfigError(f"unknown matrix.{key} {bad}; valid: {', '.join(group_options(group, roots))}")
     variant = matrix.get("dataset_variant", "synthetic")
     if variant not in ("synthetic", "real"):
         raise ConfigError(f"matrix.dataset_variant must be 'synthetic' or 'real', got {variant!r}")
     for d in matrix.get("datasets") or []:
-        if dataset_option(d, variant) not in group_options("dataset"):
+        if dataset_option(d, variant) not in group_options("dataset", roots):
             raise ConfigError(f"unknown matrix.datasets entry {d!r}; valid: s2s, s2l, s16k, l2s")
 
 
@@ -254,6 +268,11 @@ class PipelineConfig:
     @property
     def matrix(self) -> dict:
         return self.root["matrix"]
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """The conf folders of this run: the package's ``conf/`` and ``conf_path`` (``config_roots``)."""
+        return config_roots.roots_of(self.root)
 
     @property
     def datasets(self) -> list[str]:

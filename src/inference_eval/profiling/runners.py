@@ -8,17 +8,22 @@ with the decoder stack's two forwards ranged as the ``prefill`` and ``decode`` s
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
+from inference_eval import libraries
+from inference_eval.config_roots import roots_of
 from inference_eval.profiling.attribution import (RangeMarker, install_transformers, install_vllm,
                                                   range_cache_updates)
 
-# Profiled library variants (the `{library}` of results/<hw>/modules/<library>_<stage>_<sweep>.csv).
-VARIANTS = {
-    "transformers-eager": ("transformers", "eager"),
-    "transformers-sdpa": ("transformers", "sdpa"),
-    "vllm": ("vllm", None),
-}
+# The in-process runners below, by the name a profiled variant's `runner:` gives (conf/library/*.yaml,
+# `module_profiling`). The variants themselves (the `{library}` of
+# results/<hw>/modules/<library>_<stage>_<sweep>.csv) come from the library registry.
+RUNNERS = ("transformers", "vllm")
+
+
+def variant_spec(variant: str, cfg: Mapping[str, Any] | None = None) -> libraries.ProfiledVariant:
+    """The registry entry of a profiled variant (``cfg``'s conf folders; the package's without one)."""
+    return libraries.profiled_variant(variant, roots_of(cfg) if cfg else None)
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -176,11 +181,9 @@ class VllmRunner:
 
 def make_runner(variant: str, cfg: dict, marker: RangeMarker, hf_dir: str | None = None,
                 max_tokens_per_step: int = 0, max_seqs: int = 0, seed: int = 0) -> Any:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown profiled library {variant!r}; valid: {', '.join(VARIANTS)}")
-    library, attn = VARIANTS[variant]
-    if library == "transformers":
-        return TransformersRunner(cfg, attn, marker, seed=seed)
+    spec = variant_spec(variant, cfg)
+    if spec.runner == "transformers":
+        return TransformersRunner(cfg, spec.attn_implementation or "sdpa", marker, seed=seed)
     if hf_dir is None:
         raise ValueError("vLLM needs a model folder with config.json (hf_dir)")
     return VllmRunner(cfg, hf_dir, marker, max_tokens_per_step=max_tokens_per_step, max_seqs=max_seqs, seed=seed)

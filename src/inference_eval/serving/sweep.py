@@ -5,7 +5,8 @@ and reason) and its record: never a silent gap.
 
 Row status: ``ok`` (every request returned exactly its tokens), ``invalid`` (some failed or came back
 with the wrong length: the row's numbers are not comparable), ``failed`` (none succeeded, or the server
-failed), ``not_installed``, ``env_failed`` (the library's environment, ``library.env``, gave no interpreter).
+failed), ``not_installed``, ``unsupported`` (the library's registry entry has no server), ``env_failed`` (the
+library's environment, ``library.env``, gave no interpreter).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     library = cfg["library"]["name"]
-    spec = spec or server_spec(library)
+    spec = spec or server_spec(cfg["library"])  # the library's registry entry as the job config carries it
     settings = ServingSettings.from_cfg(cfg)
     source, synthetic = dataset_source(cfg, rows_path)
     ident = {"library": library, "model": cfg["model"]["name"],
@@ -234,7 +235,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
         return finish("env_failed", str(exc))
     reason = spec.unavailable_reason()
     if reason:
-        return finish("not_installed", reason)
+        return finish(spec.unavailable_status, reason)  # not_installed, or unsupported: no server spec
     try:
         spec.check_files(files)
         rows_used = load_requests(rows_path, limit=run_limits(cfg)[0])
