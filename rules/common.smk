@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from inference_eval.config import PipelineConfig, ConfigError  # noqa: E402
+from inference_eval.tensor_parallel import base_library, library_choice  # noqa: E402
 
 try:
     PIPELINE = PipelineConfig.from_snakemake(config)
@@ -20,7 +21,7 @@ DATASETS = "s2s|s2l|s16k|l2s"
 
 wildcard_constraints:
     hardware=HARDWARE_CHOICES,
-    library=LIBRARIES,
+    library=f"(?:{LIBRARIES})(?:-tp[0-9]+)?",  # <library>-tp<N>: degree N (inference_eval.tensor_parallel)
     dataset=DATASETS,
     model=r"[A-Za-z0-9.\-]+",
 
@@ -58,6 +59,7 @@ def all_targets(hardware):
         out += serving_targets(hardware)
     if PIPELINE.matrix.get("fine_grain", True):
         out += fine_grain_targets(hardware)
+    out += tensor_parallel_targets(hardware)  # rules/tensor_parallel.smk; none at matrix.tensor_parallel [1]
     return out
 
 
@@ -76,15 +78,15 @@ def importable(module):
 
 def model_files(wildcards):
     """Inputs a batch or serving job of {library} needs from the models rules (rules/models.smk)."""
-    m, lib = wildcards.model, wildcards.library
+    m, lib = wildcards.model, base_library(wildcards.library)  # vllm-tp2 needs what vllm needs
     files = {"hf": f"{RESULTS}/models/{m}/hf/config.json"}
     if lib == "llamacpp":
         dtype = PIPELINE.job(library="llamacpp", model=m)["library"]["gguf_dtype"]
         files["gguf"] = f"{RESULTS}/models/{m}/gguf/{dtype}.gguf"
     if lib == "mii" and importable("mii"):  # mii.pipeline loads a model folder with weights
         files["weights"] = f"{RESULTS}/models/{m}/weights/model.safetensors"
-    if lib == "trtllm":
-        files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/trtllm/{m}/engine.json"
+    if lib == "trtllm":  # an engine per degree: engines/trtllm/ (1), engines/trtllm-tp<N>/
+        files["engine"] = f"{RESULTS}/{wildcards.hardware}/engines/{wildcards.library}/{m}/engine.json"
     return files
 
 

@@ -26,7 +26,8 @@ SERVER_MODULES = {"transformers": "transformers", "mii": "mii", "trtllm": "tenso
 def serving_model_files(wildcards):
     """model_files (common.smk) plus the written-out weights for servers that load files."""
     files = dict(model_files(wildcards))
-    if wildcards.library in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[wildcards.library]):
+    lib = base_library(wildcards.library)
+    if lib in ("transformers", "mii", "trtllm") and importable(SERVER_MODULES[lib]):
         files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
     return files
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from inference_eval import tensor_parallel
 from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.context import context_length
 from inference_eval.models.files import ModelFiles
@@ -95,6 +96,10 @@ class ServerSpec:
         """Why this library cannot be served here (None when it can)."""
         return None
 
+    def unsupported_reason(self, cfg: dict) -> str | None:
+        """Why this server cannot run the job's config (e.g. its tensor-parallel degree); None when it can."""
+        return None
+
     def served_name(self, cfg: dict, files: ModelFiles) -> str:
         return cfg["model"]["name"]
 
@@ -145,7 +150,7 @@ class VllmServer(ServerSpec):
         argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(files.hf_dir),
                 "--served-model-name", self.served_name(cfg, files), "--host", host, "--port", str(port),
                 "--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256),
-                "--disable-uvicorn-access-log"]
+                "--tensor-parallel-size", str(tensor_parallel.degree(cfg)), "--disable-uvicorn-access-log"]
         if not cfg["model"].get("checkpoint"):
             argv += ["--load-format", "dummy"]  # random weights: efficiency does not depend on values
         if lib.get("max_model_len"):
@@ -214,6 +219,7 @@ class LlamaCppServer(ServerSpec):
                 "--cache", "False", "--verbose", "True"]
         if not _is_cpu(cfg):
             argv += ["--n_gpu_layers", str(lib.get("n_gpu_layers", -1))]
+            argv += _llamacpp_split_args(cfg)
         else:
             argv += ["--n_gpu_layers", "0"]
         if lib.get("n_threads"):
@@ -223,6 +229,15 @@ class LlamaCppServer(ServerSpec):
             env["API_KEY"] = api_key
             secret = ("API_KEY",)
         return LaunchCommand(argv, env, secret)
+
+    def unsupported_reason(self, cfg):
+        if _is_cpu(cfg):
+            return None
+        try:
+            _llamacpp_split_args(cfg)
+        except (ValueError, RuntimeError) as exc:  # a bad split_mode; split none at a degree above 1
+            return str(exc)
+        return None
 
     def body(self, request, model_name, prompt_text=None):
         # llama-cpp-python's min_tokens counts generated tokens only (MinTokensLogitsProcessor), so
@@ -240,6 +255,17 @@ class LlamaCppServer(ServerSpec):
         return PrefixCacheCounters(float(hits), None, "server log: llama-cpp-python's 'prefix-match hit' lines")
 
 
+def _llamacpp_split_args(cfg: dict) -> list[str]:
+    """``--split_mode``, ``--main_gpu`` and ``--tensor_split`` as the batch backend sets them."""
+    from inference_eval.backends.llamacpp_backend import split_settings
+
+    split = split_settings(cfg["library"], tensor_parallel.degree(cfg))
+    argv = ["--split_mode", str(split["split_mode"]), "--main_gpu", str(split["main_gpu"])]
+    if split.get("tensor_split"):
+        argv += ["--tensor_split", *[str(x) for x in split["tensor_split"]]]
+    return argv
+
+
 class TransformersServer(ServerSpec):
     library = "transformers"
     prompt_as_text = True
@@ -253,6 +279,13 @@ class TransformersServer(ServerSpec):
 
     def served_name(self, cfg, files):
         return str(files.weights_dir)  # a pinned `transformers serve` model must be named as launched
+
+    def unsupported_reason(self, cfg):
+        t = tensor_parallel.degree(cfg)
+        if t > 1:
+            return (f"library.tensor_parallel = {t}: the harness launches `transformers serve` on one device and "
+                    f"does not support tensor parallelism for it")
+        return None
 
     def command(self, cfg, files, host, port, api_key):
         lib = cfg["library"]
@@ -293,7 +326,7 @@ class MiiServer(ServerSpec):
         lib = cfg["library"]
         argv = [sys.executable, "-m", "mii.entrypoints.openai_api_server", "--model", str(files.weights_dir),
                 "--deployment-name", f"ie-{port}", "--host", host, "--port", str(port),
-                "--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
+                "--tensor-parallel", str(tensor_parallel.degree(cfg))]
         if lib.get("max_length"):
             argv += ["--max-length", str(lib["max_length"])]
         if api_key:  # only a command-line option exists; the launcher redacts it in the log
@@ -336,7 +369,8 @@ class TrtLlmServer(ServerSpec):
         beside = Path(sys.executable).with_name("trtllm-serve")  # where unavailable_reason also looks
         argv = [str(beside) if beside.exists() else "trtllm-serve", model, "--host", host, "--port", str(port),
                 "--max_batch_size", str(lib.get("max_batch_size") or 256),
-                "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
+                "--max_num_tokens", str(lib.get("max_num_tokens") or 8192),
+                "--tp_size", str(tensor_parallel.degree(cfg))]  # an engine's must match its build's
         if engine:
             argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
         else:
