@@ -15,6 +15,7 @@ include: "rules/theory.smk"
 include: "rules/profiling.smk"
 include: "rules/report.smk"
 include: "rules/report_pages.smk"
+include: "rules/tensor_parallel.smk"
 
 
 # The front page of `snakemake --report report.html` (captions of the items: report/*.rst).

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from inference_eval import libraries  # noqa: E402
 from inference_eval.config import PipelineConfig, ConfigError  # noqa: E402
+from inference_eval.tensor_parallel import base_library, library_choice  # noqa: E402
 
 try:
     PIPELINE = PipelineConfig.from_snakemake(config)
@@ -25,7 +26,7 @@ DATASETS = "s2s|s2l|s16k|l2s"
 
 wildcard_constraints:
     hardware=HARDWARE_CHOICES,
-    library=LIBRARIES,
+    library=f"(?:{LIBRARIES})(?:-tp[0-9]+)?",  # <library>-tp<N>: degree N (inference_eval.tensor_parallel)
     dataset=DATASETS,
     model=r"[A-Za-z0-9.\-]+",
 
@@ -63,6 +64,7 @@ def all_targets(hardware):
         out += serving_targets(hardware)
     if PIPELINE.matrix.get("fine_grain", True):
         out += fine_grain_targets(hardware)
+    out += tensor_parallel_targets(hardware)  # rules/tensor_parallel.smk; none at matrix.tensor_parallel [1]
     return out
 
 
@@ -100,7 +102,7 @@ def artifact_files(artifacts, library, model, hardware):
     """The models rules' outputs (rules/models.smk) for a list of registry artifacts, as named inputs
     (hf, weights, gguf, engine: what ModelFiles.from_rule_inputs reads). The written-out weights are
     planned only where the library's module is importable; a missing one records its reason."""
-    lib = LIBRARY_REGISTRY[library]
+    lib = LIBRARY_REGISTRY[base_library(library)]  # vllm-tp2 needs what vllm needs
     files = {}
     for artifact in artifacts:
         if artifact == "hf":
@@ -112,7 +114,7 @@ def artifact_files(artifacts, library, model, hardware):
             if not lib.module or importable(lib.module, library, hardware):
                 files["weights"] = f"{RESULTS}/models/{model}/weights/model.safetensors"
         elif artifact == "trt_engine":
-            files["engine"] = f"{RESULTS}/{hardware}/engines/trtllm/{model}/engine.json"
+            files["engine"] = f"{RESULTS}/{hardware}/engines/{library}/{model}/engine.json"  # one per degree: trtllm-tp<N>
         else:
             raise WorkflowError(f"{lib.path}: unknown artifact {artifact!r}; valid: {', '.join(libraries.ARTIFACTS)}")
     return files
@@ -120,8 +122,8 @@ def artifact_files(artifacts, library, model, hardware):
 
 def model_files(wildcards):
     """Inputs a batch job of {library} needs from the models rules: its registry entry's model_files."""
-    lib = LIBRARY_REGISTRY[wildcards.library]
-    return artifact_files(lib.model_files, lib.name, wildcards.model, wildcards.hardware)
+    lib = LIBRARY_REGISTRY[base_library(wildcards.library)]
+    return artifact_files(lib.model_files, wildcards.library, wildcards.model, wildcards.hardware)
 
 
 # Timed jobs (batch, serving, module profiling) claim every core the run was given, so Snakemake

@@ -56,10 +56,12 @@ rule trtllm_engine:
     input:
         unpack(trtllm_engine_inputs),
     output:
-        record=f"{RESULTS}/{{hardware}}/engines/trtllm/{{model}}/engine.json",
+        record=f"{RESULTS}/{{hardware}}/engines/{{library}}/{{model}}/engine.json",
+    wildcard_constraints:
+        library="trtllm(-tp[0-9]+)?",  # trtllm-tp<N>: an engine built for N GPUs
     params:
         cfg=lambda wc: model_job(wc, "model", "library", "hardware", "seed", "allow_foreign_hardware",
-                                 library="trtllm", hardware=wc.hardware),
+                                 library=wc.library, hardware=wc.hardware),
     resources:
         **hardware_resources,
     script:

@@ -24,20 +24,41 @@ def _slurm_value(key, default=None, convert=None):
     return resource
 
 
+def _job_degree(wildcards) -> int:
+    """The tensor-parallel degree of a job whose wildcards name a library (vllm-tp2: 2), else 1."""
+    library = dict(wildcards).get("library")
+    if not library:
+        return 1
+    return int(PIPELINE.job(hardware=wildcards.hardware, library=library)["library"].get("tensor_parallel") or 1)
+
+
 def _slurm_gpus(wildcards):
     # `gres` (e.g. "gpu:a100:1") and `gpu` are exclusive for the plugin: a profile that names gres wins.
+    # A job of tensor-parallel degree t asks for at least t GPUs.
     slurm = _hardware_slurm(wildcards)
     if slurm.get("gres"):
         return None
     gpus = int(slurm.get("gpus") or 0)
-    return gpus or None
+    return max(gpus, _job_degree(wildcards)) if gpus else None
+
+
+def _slurm_gres(wildcards):
+    # "gpu:h200:1" for a job of degree 2 becomes "gpu:h200:2"
+    gres = _hardware_slurm(wildcards).get("gres")
+    if gres is None or gres == "":
+        return None
+    head, sep, count = str(gres).rpartition(":")
+    degree = _job_degree(wildcards)
+    if sep and count.isdigit() and int(count) < degree:
+        return f"{head}:{degree}"
+    return str(gres)
 
 
 hardware_resources = dict(
     slurm_partition=_slurm_value("partition"),
     constraint=_slurm_value("constraint", convert=str),
     gpu=_slurm_gpus,
-    gres=_slurm_value("gres", convert=str),
+    gres=_slurm_gres,
     gpu_model=_slurm_value("gpu_model", convert=str),
     mem_mb=_slurm_value("mem_mb", 4000, int),
     cpus_per_task=_slurm_value("cpus_per_task", 1, int),

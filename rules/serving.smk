@@ -24,9 +24,9 @@ def serving_model_files(wildcards):
     """What the library's server needs from the models rules (its registry entry's server.model_files,
     common.smk's artifact_files). A library without a server still gets its sweep job: it writes one
     `unsupported` row with the reason, from the HF folder alone."""
-    lib = LIBRARY_REGISTRY[wildcards.library]
+    lib = LIBRARY_REGISTRY[base_library(wildcards.library)]
     artifacts = lib.server.model_files if lib.server else ("hf",)
-    return artifact_files(artifacts, lib.name, wildcards.model, wildcards.hardware)
+    return artifact_files(artifacts, wildcards.library, wildcards.model, wildcards.hardware)
 
 
 rule serving_sweep:

@@ -82,7 +82,11 @@ def test_op_table_has_tables_4_and_5_columns(llama7b, a100):
                 "intensity_fused", "intensity_unfused", "bound", "roofline_time_s", "ceilings_source"):
         assert col in table.columns
     ops = table[table["level"] == "op"]
-    assert list(ops[ops["stage"] == "prefill"]["op"]) == list(OPS)
+    # the layer's ops, then the tensor-parallel communication op (zero on one GPU)
+    assert list(ops[ops["stage"] == "prefill"]["op"]) == list(OPS) + ["all_reduce"]
+    comm = ops[ops["op"] == "all_reduce"]
+    assert (comm["flops"] == 0).all() and (comm["link_bytes"] == 0).all() and (comm["roofline_time_s"] == 0).all()
+    table = table[table["op"] != "all_reduce"]
     assert set(table["stage"]) == set(STAGES)
     model = table[(table["op"] == "model") & (table["stage"] == "decode")].iloc[0]
     assert model["weight_bytes"] == llama7b.weight_bytes() - llama7b.vocab * llama7b.hidden * 2

@@ -1,5 +1,6 @@
-"""Rule dataset_bound: results/{hardware}/{dataset}_bound.csv, one row per model."""
+"""Rule dataset_bound (dataset_bound_tp): results/{hardware}/{dataset}_bound.csv (_bound_tp{degree}.csv),
+one row per model."""
 from inference_eval.theory.workflow import write_bound_table
 
 write_bound_table(snakemake.output.bound, snakemake.input.rows, snakemake.params.cfgs,  # noqa: F821
-                  snakemake.wildcards.dataset)  # noqa: F821
+                  snakemake.wildcards.dataset, int(snakemake.wildcards.get("degree", 1)))  # noqa: F821

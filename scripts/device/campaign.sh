@@ -23,6 +23,8 @@
 #   | mii + miiserve (carry .mii .pk; AWAIT="lcpbuild modelfiles" await before the timed runs) | llamacpp
 #   (LCP_BATCH="hardware.scale.batch_warmup_repeats=0": llama.cpp resets its KV cache before every
 #   request, so the untimed pass over the whole dataset is left out and the record says so)
+# Tensor parallel on a multi-GPU kind (nvidia-h200-x2 / -x4): vk1 | vllm2 (carry .vk2 .data .tokcache)
+#   | tp (carry .vk3 .pk, after `source .vk3/vk-install.sh`; GPUS=4 on four GPUs) (docs/tensor-parallel.md)
 # Transformers on s16k does not fit one call: trfprobe measured 54.6-59.2 ms a decode step at batch 2 over contexts
 # 2,048-16,000 (results/h200/probes/), so its 16,000 steps take about 941 s; a call may run 10 minutes.
 # .vk*/.lcp/.pk come from ../shared/device/*-kit.sh, .mii from scripts/device/mii-kit.sh; .data is a
@@ -212,6 +214,19 @@ case $step in
   fair-trf)  # Transformers again with the GPU profile's untimed warm-up pass; results back after each dataset
     { setup_python && for d in ${TRF_DATASETS:-s2s l2s}; do
         sm "dataset.limit=$(limit $d)" $REAL/batch/transformers/llama2-7b/$d.json
+        tar czf "$OUT/results-$HW.tgz" -C "$CAMPAIGN" "results/$HW"; done
+    } 2>&1 | tee "$log" ;;
+  tp)  # tensor parallel (docs/tensor-parallel.md), on a machine with GPUS (default 2) GPUs: vLLM at t = 1 and
+       # GPUS on Llama-2-13B, and at GPUS on Llama-2-70B (t = 1 does not fit), the t-GPU bounds and the scaling
+       # tables; TP_DATASETS (default s2s l2s) picks the datasets, one call each when time is short
+    { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
+      # NVLink multicast stays off (the lent machines' rule), also for vLLM's symmetric-memory all-reduce
+      export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_ALLREDUCE_USE_SYMM_MEM=0
+      g=${GPUS:-2}
+      python3 scripts/device/interconnect.py "$OUT/interconnect.json" --gpus "$g" || echo "interconnect: rc $?"
+      TP="hardware.gpus=$g matrix.tensor_parallel=[1,$g] matrix.libraries=[${TP_LIBS:-vllm}] matrix.models=[llama2-13b,llama2-70b]"
+      for d in ${TP_DATASETS:-s2s l2s}; do
+        sm "dataset.limit=$(limit $d) $TP matrix.datasets=[$d]" $REAL/tensor_parallel/${d}_scaling.csv
         tar czf "$OUT/results-$HW.tgz" -C "$CAMPAIGN" "results/$HW"; done
     } 2>&1 | tee "$log" ;;
   *) echo "unknown step $step"; exit 2 ;;

@@ -264,6 +264,11 @@ class PipelineConfig:
                                ("scenario", self.scenarios)):
             for member in members:
                 self.job(**{group: member})
+        # each tensor-parallel degree of the matrix, so a degree above hardware.gpus stops here too
+        for degree in self.matrix.get("tensor_parallel") or [1]:
+            if degree > 1:
+                for library in self.libraries:
+                    self.job(library=f"{library}-tp{degree}")
 
     @property
     def matrix(self) -> dict:
@@ -306,6 +311,29 @@ class PipelineConfig:
                 chosen["dataset"] = self.dataset_option(chosen["dataset"])
             if "dataset_member" in chosen:  # a member name as it is (s2s-synthetic, l2s, ...)
                 chosen["dataset"] = chosen.pop("dataset_member")
+            degree = self._library_degree(chosen)
             kept = [o for o in self.overrides if o.split("=", 1)[0] not in chosen]
-            self._cache[key] = JobConfig(compose(kept + [f"{g}={v}" for g, v in chosen.items()]))
+            if degree is not None:  # the library name's -tp<N> sets the degree (inference_eval.tensor_parallel)
+                kept = [o for o in kept if o.split("=", 1)[0] != "library.tensor_parallel"]
+            extra = [] if degree is None else [f"library.tensor_parallel={degree}"]
+            cfg = compose(kept + [f"{g}={v}" for g, v in chosen.items()] + extra)
+            if degree is None and "library" in choices and (cfg["library"].get("tensor_parallel") or 1) != 1:
+                t = cfg["library"]["tensor_parallel"]
+                raise ConfigError(f"library.tensor_parallel = {t} for library {choices['library']!r}: name the degree "
+                                  f"in the library instead ({choices['library']}-tp{t}, or matrix.tensor_parallel="
+                                  f"[1,{t}]), so that output paths say it (docs/tensor-parallel.md)")
+            self._cache[key] = JobConfig(cfg)
         return self._cache[key]
+
+    @staticmethod
+    def _library_degree(chosen: dict) -> int | None:
+        """Turn ``library=vllm-tp2`` in ``chosen`` into ``library=vllm``; returns the degree (None: none named)."""
+        from inference_eval.tensor_parallel import TensorParallelError, split_library
+
+        if "library" not in chosen:
+            return None
+        try:
+            chosen["library"], degree = split_library(chosen["library"])
+        except TensorParallelError as exc:
+            raise ConfigError(str(exc)) from None
+        return degree

@@ -9,7 +9,8 @@ of a job failing later. The config itself is
 never changed (no type coercion), so config hashes and Snakemake's params stay as they were.
 
 Checks that span several keys follow the schema: a dataset's ``source`` must be one of its ``sources``,
-``profiling.model`` a ``conf/model`` member, and the model's shapes must pass ``ModelSpec``.
+``profiling.model`` a ``conf/model`` member, the model's shapes must pass ``ModelSpec``, and
+``library.tensor_parallel`` must fit the hardware's ``gpus`` and the model's heads.
 """
 
 from __future__ import annotations
@@ -208,6 +209,8 @@ def cross_key_errors(cfg: Mapping[str, Any], model_members: tuple[str, ...]) -> 
         ModelSpec.from_config(cfg.get("model") or {})
     except ModelConfigError as exc:
         out.append(f"config group model: {exc}")
+    from inference_eval.tensor_parallel import degree_errors
+    out += degree_errors(cfg)  # library.tensor_parallel against hardware.gpus and the model's heads
     return out
 
 

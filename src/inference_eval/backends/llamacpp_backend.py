@@ -15,9 +15,37 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from inference_eval import tensor_parallel
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.models.context import context_length
 from inference_eval.requests import Completion, Request
+
+# llama.h's enum llama_split_mode (llama_cpp.LLAMA_SPLIT_MODE_*): how a model spreads over GPUs. "row"
+# splits each weight matrix's rows over the GPUs (llama.h: "use tensor parallelism if supported"),
+# "layer" gives each GPU whole layers and their KV cache, "tensor" is llama.cpp's newer tensor split.
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+TP_SPLIT_MODE = "row"  # library.split_mode null at tensor_parallel > 1
+
+
+def split_settings(lib: dict, degree: int) -> dict[str, Any]:
+    """``split_mode``, ``main_gpu`` and ``tensor_split`` for a GPU run of ``degree`` GPUs (names as
+    ``llama_cpp.Llama`` and ``python -m llama_cpp.server`` take them).
+
+    Degree 1 uses GPU 0 alone (split_mode none: llama.cpp's own default, layer, would spread the model
+    over every visible GPU); degree t splits it evenly over GPUs 0..t-1 (tensor_split t x 1.0: GPUs
+    beyond t get no share) in ``library.split_mode`` (null: row).
+    """
+    name = lib.get("split_mode") or (TP_SPLIT_MODE if degree > 1 else "none")
+    if name not in SPLIT_MODES:
+        raise ValueError(f"library.split_mode must be one of {', '.join(SPLIT_MODES)} or null, got {name!r}")
+    if degree > 1 and name == "none":
+        raise BackendUnsupported(f"library.split_mode none keeps the model on one GPU; tensor_parallel = {degree} "
+                                 f"needs layer, row or tensor")
+    out: dict[str, Any] = {"split_mode": SPLIT_MODES[name], "main_gpu": 0}
+    if degree > 1:
+        out["tensor_split"] = [1.0] * degree
+    return out
+
 
 INSTALL_HINT = ("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' (CPU build from source; "
                 "for CUDA set CMAKE_ARGS=-DGGML_CUDA=on)")
@@ -48,11 +76,14 @@ class LlamaCppBackend(Backend):
         n_gpu_layers = int(lib.get("n_gpu_layers", -1)) if hw.get("kind") == "gpu" else 0
         threads = lib.get("n_threads") or max(1, len(os.sched_getaffinity(0)))
         n_ctx = context_length(self.cfg)
-        return {
+        kwargs = {
             "model_path": str(self.files.gguf_path), "n_ctx": n_ctx, "n_batch": min(n_ctx, int(lib.get("n_batch") or 512)),
             "n_gpu_layers": n_gpu_layers, "n_threads": int(threads), "n_threads_batch": int(threads),
             "seed": int(self.cfg.get("seed", 0)), "logits_all": False, "verbose": bool(lib.get("verbose", False)),
         }
+        if hw.get("kind") == "gpu":
+            kwargs.update(split_settings(lib, tensor_parallel.degree(self.cfg)))
+        return kwargs
 
     def load(self) -> None:
         import llama_cpp
@@ -61,6 +92,8 @@ class LlamaCppBackend(Backend):
         self._n_ctx = kwargs["n_ctx"]
         self._llm = llama_cpp.Llama(**kwargs)
         self.stats.update(n_ctx=kwargs["n_ctx"], n_gpu_layers=kwargs["n_gpu_layers"], n_threads=kwargs["n_threads"])
+        if "split_mode" in kwargs:
+            self.stats.update(split_mode=kwargs["split_mode"], tensor_split=kwargs.get("tensor_split"))
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         if self._llm is None:

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from inference_eval import tensor_parallel
 from inference_eval.backends import batch_sizing
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.requests import Completion, Request
@@ -98,6 +99,12 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        degree = tensor_parallel.degree(self.cfg)
+        if degree > 1:  # a row with this reason, not a run on one GPU filed as a TP row
+            raise BackendUnsupported(
+                f"library.tensor_parallel = {degree}: this harness's Transformers adapter runs the model in one "
+                f"process on one device and does not support tensor parallelism (Transformers' own tp_plan needs "
+                f"one process per GPU under torchrun, which the batch worker does not start)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnsupported(f"hardware device is {self.device!r} but torch sees no CUDA device")
         torch.manual_seed(int(self.cfg.get("seed") or 0))

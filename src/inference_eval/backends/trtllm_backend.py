@@ -20,6 +20,7 @@ import gc
 from pathlib import Path
 from typing import Any, Sequence
 
+from inference_eval import tensor_parallel
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.trtllm_engine import (TrtLlmNotInstalled, free_gpu_memory_fraction, import_trtllm,
@@ -59,7 +60,11 @@ class TrtLlmBackend(Backend):
         raise BackendUnsupported(f"no TensorRT-LLM engine ({status}): {reason}")
 
     def llm_kwargs(self) -> dict[str, Any]:
-        return {"model": str(self.engine_dir()), "tokenizer": str(self.files.hf_dir) if self.files.hf_dir else None}
+        kwargs = {"model": str(self.engine_dir()), "tokenizer": str(self.files.hf_dir) if self.files.hf_dir else None}
+        degree = tensor_parallel.degree(self.cfg)
+        if degree > 1:  # the engine was built for this many GPUs (models.trtllm_engine); the LLM runs one rank each
+            kwargs["tensor_parallel_size"] = degree
+        return kwargs
 
     def sampling_params(self, requests: Sequence[Request]) -> list:
         cls = self._sampling_params_cls

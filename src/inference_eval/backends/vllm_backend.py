@@ -18,6 +18,7 @@ import gc
 import os
 from typing import Any, Sequence
 
+from inference_eval import tensor_parallel
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.fairness import prefix_caching_setting, vllm_settings_from_engine
 from inference_eval.requests import Completion, Request
@@ -53,6 +54,7 @@ class VllmBackend(Backend):
             "enforce_eager": bool(lib.get("enforce_eager", False)),
             "skip_tokenizer_init": True,
             "seed": int(self.cfg.get("seed") or 0),
+            "tensor_parallel_size": tensor_parallel.degree(self.cfg),  # GPUs the model is split over
         }
         if lib.get("max_num_seqs"):
             args["max_num_seqs"] = int(lib["max_num_seqs"])

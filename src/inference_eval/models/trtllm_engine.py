@@ -13,7 +13,8 @@ build_config=BuildConfig(...))`` builds from a Hugging Face checkpoint (here the
 the ``model_weights`` rule) and loads it; ``llm.save(engine_dir)`` copies the built engine
 (``config.json`` + ``rank0.engine``) into ``engine_dir``, and ``LLM(model=engine_dir)`` loads it.
 ``BuildConfig`` and ``KvCacheConfig`` are pydantic models that reject unknown fields, so only fields that
-exist there are passed.
+exist there are passed. An engine for ``library.tensor_parallel`` = t > 1 GPUs is built with
+``LLM(..., tensor_parallel_size=t)`` (one ``rank<i>.engine`` per GPU) under ``engines/trtllm-tp<t>/``.
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ def build_engine(spec: ModelSpec, library_cfg: Mapping[str, Any], weights_dir: s
     record_path = Path(record_path)
     engine_dir = engine_dir_for(record_path)
     settings = build_settings(spec, library_cfg)
+    degree = int(library_cfg.get("tensor_parallel") or 1)
     record: dict[str, Any] = {
         "kind": "trtllm_engine", "library": "trtllm", "model": spec.name, "hardware": hardware_cfg.get("name"),
         "status": "", "reason": "", "engine_dir": None, "build_config": settings, "dtype": llm_dtype(spec),
+        "tensor_parallel": degree,
         "source_checkpoint": str(weights_dir), "build_time_s": None, "reused": False,
         "api": "tensorrt_llm LLM(model, build_config=BuildConfig(...)).save(engine_dir)",
     }
@@ -121,12 +124,12 @@ def build_engine(spec: ModelSpec, library_cfg: Mapping[str, Any], weights_dir: s
         if hardware_cfg.get("kind") != "gpu":
             record.update(status="unsupported", reason=f"TensorRT-LLM needs an NVIDIA GPU; hardware "
                                                        f"'{hardware_cfg.get('name')}' is {hardware_cfg.get('kind')}")
-        elif _cached(engine_dir, _build_key(settings, spec, weights_dir)):
+        elif _cached(engine_dir, _build_key(settings, spec, weights_dir, degree)):
             record.update(status="ok", engine_dir=str(engine_dir), reused=True)
         else:
             start = time.perf_counter()
             _build(LLM, BuildConfig, settings, spec, weights_dir, hf_dir, engine_dir,
-                   _build_key(settings, spec, weights_dir))
+                   _build_key(settings, spec, weights_dir, degree), degree)
             record.update(status="ok", engine_dir=str(engine_dir), build_time_s=time.perf_counter() - start)
     except TrtLlmNotInstalled as exc:
         record.update(status="not_installed", reason=str(exc))
@@ -139,12 +142,13 @@ def build_engine(spec: ModelSpec, library_cfg: Mapping[str, Any], weights_dir: s
 
 
 def _build(LLM, BuildConfig, settings: dict, spec: ModelSpec, weights_dir, hf_dir, engine_dir: Path,
-           key: dict) -> None:
+           key: dict, degree: int = 1) -> None:
     tmp = engine_dir.with_name(engine_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    parallel = {"tensor_parallel_size": degree} if degree > 1 else {}  # one rank<i>.engine per GPU
     llm = LLM(model=str(weights_dir), tokenizer=str(hf_dir), dtype=llm_dtype(spec),
-              build_config=BuildConfig(**settings))
+              build_config=BuildConfig(**settings), **parallel)
     try:
         llm.save(str(tmp))
     finally:
@@ -157,13 +161,17 @@ def _build(LLM, BuildConfig, settings: dict, spec: ModelSpec, weights_dir, hf_di
     tmp.rename(engine_dir)
 
 
-def _build_key(settings: dict, spec: ModelSpec, weights_dir) -> dict:
-    """What an engine depends on: build settings, model shape, and the weights file it was built from."""
+def _build_key(settings: dict, spec: ModelSpec, weights_dir, degree: int = 1) -> dict:
+    """What an engine depends on: build settings, model shape, the weights file it was built from and,
+    above 1, the tensor-parallel degree."""
     weights = Path(weights_dir) / "model.safetensors"
     stat = weights.stat() if weights.is_file() else None
-    return {"settings": settings, "model": asdict(spec),
-            "weights": {"path": str(weights), "size": stat.st_size if stat else None,
-                        "mtime_ns": stat.st_mtime_ns if stat else None}}
+    key = {"settings": settings, "model": asdict(spec),
+           "weights": {"path": str(weights), "size": stat.st_size if stat else None,
+                       "mtime_ns": stat.st_mtime_ns if stat else None}}
+    if degree > 1:
+        key["tensor_parallel"] = degree
+    return key
 
 
 def _cached(engine_dir: Path, key: dict) -> bool:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from inference_eval import environments, libraries
+from inference_eval import environments, libraries, tensor_parallel
 from inference_eval.fairness import prefix_caching_setting
 from inference_eval.models.context import context_length
 from inference_eval.models.files import ModelFiles
@@ -202,6 +202,10 @@ class ServerSpec:
                              f"did not prepare (add its artifact to server.model_files of the library's YAML)")
         return template.format(**{k: str(v) for k, v in fields.items() if v is not None})
 
+    def unsupported_reason(self, cfg: dict) -> str | None:
+        """Why this server cannot run the job's config (e.g. its tensor-parallel degree); None when it can."""
+        return None
+
     def served_name(self, cfg: dict, files: ModelFiles) -> str:
         return self._fill(self.server.served_name, self._fields(cfg, files), "served_name")
 
@@ -282,7 +286,8 @@ class VllmServer(ServerSpec):
 
     def extra_args(self, cfg, files):
         lib = cfg["library"]
-        argv = ["--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256)]
+        argv = ["--dtype", _dtype(cfg), "--max-num-seqs", str(lib.get("max_num_seqs") or 256),
+                "--tensor-parallel-size", str(tensor_parallel.degree(cfg))]
         if not cfg["model"].get("checkpoint"):
             argv += ["--load-format", "dummy"]  # random weights: efficiency does not depend on values
         if lib.get("max_model_len"):
@@ -329,9 +334,20 @@ class LlamaCppServer(ServerSpec):
         lib = cfg["library"]
         argv = ["--n_ctx", str(context_length(cfg)),
                 "--n_gpu_layers", "0" if _is_cpu(cfg) else str(lib.get("n_gpu_layers", -1))]
+        if not _is_cpu(cfg):
+            argv += _llamacpp_split_args(cfg)
         if lib.get("n_threads"):
             argv += ["--n_threads", str(lib["n_threads"])]
         return argv
+
+    def unsupported_reason(self, cfg):
+        if _is_cpu(cfg):
+            return None
+        try:
+            _llamacpp_split_args(cfg)
+        except (ValueError, RuntimeError) as exc:  # a bad split_mode; split none at a degree above 1
+            return str(exc)
+        return None
 
     def body(self, request, model_name, prompt_text=None):
         # llama-cpp-python's min_tokens counts generated tokens only (MinTokensLogitsProcessor), so
@@ -349,8 +365,26 @@ class LlamaCppServer(ServerSpec):
         return PrefixCacheCounters(float(hits), None, "server log: llama-cpp-python's 'prefix-match hit' lines")
 
 
+def _llamacpp_split_args(cfg: dict) -> list[str]:
+    """``--split_mode``, ``--main_gpu`` and ``--tensor_split`` as the batch backend sets them."""
+    from inference_eval.backends.llamacpp_backend import split_settings
+
+    split = split_settings(cfg["library"], tensor_parallel.degree(cfg))
+    argv = ["--split_mode", str(split["split_mode"]), "--main_gpu", str(split["main_gpu"])]
+    if split.get("tensor_split"):
+        argv += ["--tensor_split", *[str(x) for x in split["tensor_split"]]]
+    return argv
+
+
 class TransformersServer(ServerSpec):
     library = "transformers"
+
+    def unsupported_reason(self, cfg):
+        t = tensor_parallel.degree(cfg)
+        if t > 1:
+            return (f"library.tensor_parallel = {t}: the harness launches `transformers serve` on one device and "
+                    f"does not support tensor parallelism for it")
+        return None
 
     def extra_args(self, cfg, files):
         lib = cfg["library"]
@@ -379,7 +413,7 @@ class MiiServer(ServerSpec):
 
     def extra_args(self, cfg, files):
         lib = cfg["library"]
-        argv = ["--tensor-parallel", str(lib.get("tensor_parallel") or 1)]
+        argv = ["--tensor-parallel", str(tensor_parallel.degree(cfg))]
         if lib.get("max_length"):
             argv += ["--max-length", str(lib["max_length"])]
         return argv
@@ -406,7 +440,8 @@ class TrtLlmServer(ServerSpec):
 
         lib = cfg["library"]
         argv = ["--max_batch_size", str(lib.get("max_batch_size") or 256),
-                "--max_num_tokens", str(lib.get("max_num_tokens") or 8192)]
+                "--max_num_tokens", str(lib.get("max_num_tokens") or 8192),
+                "--tp_size", str(tensor_parallel.degree(cfg))]  # an engine's must match its build's
         if _engine_dir(files.engine_record):
             argv += ["--backend", "tensorrt", "--tokenizer", str(files.hf_dir)]
         else:

@@ -236,6 +236,9 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     reason = spec.unavailable_reason()
     if reason:
         return finish(spec.unavailable_status, reason)  # not_installed, or unsupported: no server spec
+    reason = spec.unsupported_reason(cfg)  # e.g. a tensor-parallel degree the server cannot take
+    if reason:
+        return finish("unsupported", reason)
     try:
         spec.check_files(files)
         rows_used = load_requests(rows_path, limit=run_limits(cfg)[0])

@@ -3,6 +3,7 @@
     inference-eval theory --model llama2-7b --hardware a100 --batch 8 --seq 512
     inference-eval theory --model mistral-7b --hardware h100 --stage decode --op attention --unfused
     inference-eval theory --model llama2-13b --hardware a100 --level model --causal
+    inference-eval theory --model llama2-70b --hardware h200 --tensor-parallel 2 --stage decode
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 
 from inference_eval.opnames import OPS, STAGES
 from inference_eval.theory.ops import LAYER, LEVELS, MODEL, MODEL_OPS, TheoryError
+from inference_eval.theory.parallel import COMM_OP
 
-OP_CHOICES = tuple(OPS) + MODEL_OPS + (LAYER, MODEL)
+OP_CHOICES = tuple(OPS) + (COMM_OP,) + MODEL_OPS + (LAYER, MODEL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bytes as eager Transformers moves them (score matrix written and read, KV cache "
                              "concatenated every step) instead of the fused model")
     parser.add_argument("--causal", action="store_true", help="count only the (query, key) pairs a causal mask keeps")
+    parser.add_argument("--tensor-parallel", "-t", type=int, default=1, metavar="T",
+                        help="one of T GPUs' share, with the all_reduce op (default 1: one GPU)")
     parser.add_argument("--csv", action="store_true", help="print every column as CSV instead of a table")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. +hardware.measured.bandwidth_gbs=1800 (+ adds a key the profile lacks)")
 
@@ -64,15 +68,16 @@ def _render(rows: list[list[str]], header: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from inference_eval.config import ConfigError, compose
     from inference_eval.theory.hardware import ceilings
-    from inference_eval.theory.ops import ModelShape, all_costs
-    from inference_eval.theory.roofline import bound, op_table, roofline_time
+    from inference_eval.theory.ops import ModelShape
+    from inference_eval.theory.parallel import device_costs
+    from inference_eval.theory.roofline import bound, op_table, step_time
 
     try:
         cfg = compose([f"model={args.model}", f"hardware={args.hardware}"] + list(args.overrides))
         shape = ModelShape.from_config(cfg["model"])
         c = ceilings(cfg["hardware"], shape.dtype)
         stages = args.stage or list(STAGES)
-        table = op_table(shape, c, args.batch, args.seq, stages, args.causal)
+        table = op_table(shape, c, args.batch, args.seq, stages, args.causal, args.tensor_parallel)
     except (ConfigError, TheoryError) as exc:
         print(f"inference-eval theory: {exc}", file=sys.stderr)
         return 2
@@ -88,16 +93,18 @@ def run(args: argparse.Namespace) -> int:
     model = "unfused" if args.unfused else "fused"
     print(f"{shape.name} on {c.hardware}: b={args.batch} s={args.seq}, {shape.dtype} (e={shape.bytes_per_element}), "
           f"h={shape.hidden} h'={shape.intermediate} n={shape.heads} n_kv={shape.kv_heads} l={shape.layers} "
-          f"V={shape.vocab}; {'causal' if args.causal else 'full'} attention; {model} bytes")
+          f"V={shape.vocab}; {'causal' if args.causal else 'full'} attention; {model} bytes"
+          + (f"; per GPU of {args.tensor_parallel} (tensor parallel)" if args.tensor_parallel > 1 else ""))
     print(f"ceilings: {_si(c.peak_flops, 'FLOP/s')}, {_si(c.bandwidth, 'B/s')}, ridge point "
-          f"{c.ridge_point:.1f} FLOP/B ({c.source})")
+          f"{c.ridge_point:.1f} FLOP/B ({c.source})"
+          + (f"; interconnect {_si(c.interconnect, 'B/s')} ({c.interconnect_source})" if c.interconnect else ""))
     rows = [[r["stage"], r["op"], r["formula"], _si(r["flops"], "FLOP"), _si(r[f"bytes_{model}"], "B"),
              f"{r[f'intensity_{model}']:.3g}", r[f"bound_{model}"], _seconds(r[f"roofline_time_{model}_s"])]
             for _, r in table.iterrows()]
     print(_render(rows, ["stage", "op", "FLOPs formula", "FLOPs", "bytes", "FLOP/B", "bound", "roofline time"]))
     if args.op:
         costs = {(cost.stage, cost.op): cost for stage in stages
-                 for cost in all_costs(shape, args.batch, args.seq, stage, args.causal)}
+                 for cost in device_costs(shape, args.batch, args.seq, stage, args.causal, args.tensor_parallel)}
         for stage in stages:
             cost = costs[(stage, args.op)]
             print(f"\n{stage} {args.op} bytes = {cost.bytes_formula(model)}")
@@ -105,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
                 detail = [[t.tensor, t.kind, f"{t.elements:,}", t.reads, t.writes, _si(t.bytes, "B")]
                           for t in cost.traffic[model]]
                 print(_render(detail, ["tensor", "kind", "elements", "reads", "writes", "bytes"]))
-            t = roofline_time(cost.flops, cost.bytes(model), c)
-            print(f"bound: {bound(cost.flops / cost.bytes(model), c)}; roofline time {_seconds(float(t))}")
+            t = step_time(cost.flops, cost.bytes(model), cost.link_bytes, c)
+            if cost.op == COMM_OP:
+                print(f"link bytes {_si(float(cost.link_bytes), 'B')} per GPU; time {_seconds(float(t))}")
+            else:
+                print(f"bound: {bound(cost.flops / cost.bytes(model), c)}; roofline time {_seconds(float(t))}")
     return 0

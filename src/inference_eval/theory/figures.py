@@ -26,7 +26,8 @@ def roofline_figure(table: pd.DataFrame, title: str | None = None):
     missing = {"op", "stage", "level", "intensity_fused", "intensity_unfused", "peak_tflops", "bandwidth_gbs"} - set(table)
     if missing:
         raise ValueError(f"roofline table lacks columns {sorted(missing)}")
-    ops = table[(table["level"] == "op") | (table["op"] == "lm_head")]
+    # compute ops only: the all_reduce row (tensor parallel) moves bytes over the interconnect, not HBM
+    ops = table[((table["level"] == "op") & table["op"].isin(OPS)) | (table["op"] == "lm_head")]
     peak = float(table["peak_tflops"].iloc[0]) * 1e12
     bandwidth = float(table["bandwidth_gbs"].iloc[0]) * 1e9
     ridge = peak / bandwidth

@@ -3,13 +3,17 @@
 A profile (conf/hardware/*.yaml) gives datasheet figures (``bandwidth_gbs``, ``peak_tflops_bf16``)
 and, where someone measured them on the machine, ``measured: {bandwidth_gbs, peak_tflops_bf16}``.
 Measured values win; ``Ceilings.source`` says which figure each ceiling came from, and every output
-carries it.
+carries it. For tensor parallelism the profile also gives ``gpus`` and ``interconnect_gbs`` (GPU-to-GPU
+bandwidth per direction; ``measured.interconnect_gbs`` wins there too), the ceiling of the all-reduce
+term (``theory.parallel``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+import numpy as np
 
 from inference_eval.theory.ops import TheoryError
 
@@ -27,6 +31,19 @@ class Ceilings:
     bandwidth: float         # bytes/s
     memory_bytes: float
     source: str              # e.g. "measured bandwidth_gbs=3000; measured peak_tflops_bf16=796"
+    interconnect: float | None = None   # bytes/s per direction between two GPUs; None: not given
+    interconnect_source: str = ""       # e.g. "datasheet interconnect_gbs=450"
+    gpus: int = 1
+
+    def link_time(self, link_bytes):
+        """Seconds to move ``link_bytes`` over one GPU's link (0 bytes: 0 s, with or without a link)."""
+        link = np.asarray(link_bytes, dtype=float)
+        if not np.any(link > 0):
+            return link * 0.0
+        if not self.interconnect:
+            raise TheoryError(f"hardware '{self.hardware}': a tensor-parallel bound needs interconnect_gbs "
+                              f"(GPU-to-GPU bandwidth per direction) in conf/hardware/{self.hardware}.yaml")
+        return link / self.interconnect
 
     @property
     def ridge_point(self) -> float:
@@ -67,5 +84,12 @@ def ceilings(hw_cfg: Mapping[str, Any], dtype: str = "bfloat16") -> Ceilings:
     memory = _positive(hw_cfg, hw_cfg, "memory_gb")
     if memory is None:
         raise TheoryError(f"hardware '{name}': memory_gb missing in conf/hardware/{name}.yaml")
+    try:
+        link, link_src = _pick(hw_cfg, ("interconnect_gbs",))
+    except TheoryError:  # no interconnect: fine for one GPU (Ceilings.link_time says so for more)
+        link, link_src = None, ""
+    gpus = hw_cfg.get("gpus")
+    gpus = int(gpus) if gpus is not None else (1 if hw_cfg.get("kind") == "gpu" else 0)
     return Ceilings(hardware=name, peak_flops=peak * 1e12, bandwidth=bandwidth * 1e9, memory_bytes=memory * 1e9,
-                    source=f"{bw_src}; {peak_src}")
+                    source=f"{bw_src}; {peak_src}", interconnect=None if link is None else link * 1e9,
+                    interconnect_source=link_src, gpus=gpus)

@@ -148,6 +148,7 @@ class OpCost:
     formula: str               # FLOPs in the paper's symbols
     traffic: Mapping[str, tuple[Traffic, ...]] = field(default_factory=dict)  # byte model -> tensors
     summary: str = ""          # for totals: how the bytes add up, instead of listing every tensor
+    link_bytes: Any = 0        # bytes one GPU sends over the interconnect (tensor parallel: theory.parallel)
 
     def bytes(self, model: str = FUSED):
         if model not in self.traffic:
@@ -321,7 +322,7 @@ def model_end_ops(shape: ModelShape, b, s, stage: str) -> list[OpCost]:
 def _sum(name: str, level: str, stage: str, parts: Sequence[tuple[OpCost, Any]], formula: str) -> OpCost:
     traffic = {m: tuple(t.scaled(k) if k != 1 else t for c, k in parts for t in c.traffic[m]) for m in BYTE_MODELS}
     return OpCost(name, stage, level, sum(c.flops * k for c, k in parts), sum(c.matmul_flops * k for c, k in parts),
-                  formula, traffic, summary=formula)
+                  formula, traffic, summary=formula, link_bytes=sum(c.link_bytes * k for c, k in parts))
 
 
 def _layer_sum(stage: str, ops: Sequence[OpCost]) -> OpCost:

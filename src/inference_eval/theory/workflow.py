@@ -26,10 +26,12 @@ def _provenance_columns(frame: pd.DataFrame, cfg: Mapping[str, Any]) -> pd.DataF
     return frame
 
 
-def write_op_table(path: str | Path, cfg: Mapping[str, Any], batch: int, seq: int, causal: bool = False) -> pd.DataFrame:
+def write_op_table(path: str | Path, cfg: Mapping[str, Any], batch: int, seq: int, causal: bool = False,
+                   tensor_parallel: int = 1) -> pd.DataFrame:
     from inference_eval.theory.roofline import op_table_for_config
 
-    frame = _provenance_columns(op_table_for_config(dict(cfg), batch, seq, causal=causal), cfg)
+    frame = _provenance_columns(op_table_for_config(dict(cfg), batch, seq, causal=causal,
+                                                    tensor_parallel=tensor_parallel), cfg)
     write_csv(path, frame)
     return frame
 
@@ -51,10 +53,10 @@ def write_roofline(table_path: str | Path, figure_path: str | Path, cfg: Mapping
 
 
 def write_bound_table(path: str | Path, rows_path: str | Path, cfgs: Mapping[str, Mapping[str, Any]],
-                      dataset: str) -> pd.DataFrame:
+                      dataset: str, degree: int = 1) -> pd.DataFrame:
     from inference_eval.theory.bound import bound_table
 
-    frame = bound_table(rows_path, cfgs, dataset)
+    frame = bound_table(rows_path, cfgs, dataset, degree)
     first = next(iter(cfgs.values()))
     frame = _provenance_columns(frame, first)
     write_csv(path, frame)

@@ -1,0 +1,5 @@
+"""Rule tensor_parallel_table: results/{hardware}/tensor_parallel/{dataset}_scaling.csv."""
+from inference_eval.report.tensor_parallel import write_scaling_table
+
+bounds = dict(zip(snakemake.params.degrees, snakemake.input.bounds))  # noqa: F821 (injected by Snakemake)
+write_scaling_table(snakemake.output[0], snakemake.params.planned, bounds)  # noqa: F821
