@@ -3,6 +3,7 @@
 #   snakemake --cores 8 results/a100/s2s_table.csv  any output is a target; its path names the hardware
 #   snakemake --cores 8 all --config model=llama2-7b overrides="dataset.limit=64"
 #   snakemake --report report.html                  the report of what `all` made (after the line above)
+#   snakemake --cores 1 predictions                 other hardware predicted from the measured results (CPU)
 include: "rules/common.smk"
 include: "rules/resources.smk"
 include: "rules/datasets.smk"
@@ -11,6 +12,7 @@ include: "rules/batch.smk"
 include: "rules/serving.smk"
 include: "rules/theory.smk"
 include: "rules/profiling.smk"
+include: "rules/prediction.smk"
 include: "rules/report.smk"
 include: "rules/report_pages.smk"
 
