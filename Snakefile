@@ -4,6 +4,7 @@
 #   snakemake --cores 8 all --config model=llama2-7b overrides="dataset.limit=64"
 #   snakemake --report report.html                  the report of what `all` made (after the line above)
 #   snakemake --cores 8 envs                        only the per-engine environments (rules/envs.smk)
+#   snakemake --cores 1 predictions                 other hardware predicted from the measured results (CPU)
 include: "rules/common.smk"
 include: "rules/resources.smk"
 include: "rules/envs.smk"
@@ -13,6 +14,7 @@ include: "rules/batch.smk"
 include: "rules/serving.smk"
 include: "rules/theory.smk"
 include: "rules/profiling.smk"
+include: "rules/prediction.smk"
 include: "rules/report.smk"
 include: "rules/report_pages.smk"
 include: "rules/tensor_parallel.smk"

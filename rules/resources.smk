@@ -79,6 +79,7 @@ CPU_LOCALRULES = [
     "serving_figure",                            # rules/serving.smk
     "fit_coefficients", "module_figures",        # rules/profiling.smk
     "results_summary",                           # rules/report_pages.smk (and its report_html_<kind> rules)
+    "predict_modules", "predict_batch", "validate_predictions", "predictions",  # rules/prediction.smk
 ]
 
 
