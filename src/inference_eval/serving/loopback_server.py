@@ -1,9 +1,20 @@
 """A minimal OpenAI-style streaming ``/v1/completions`` server (aiohttp) that generates no text: it
-streams ``max_tokens`` token ids at once (or with a delay per token). It exists to measure the load
+streams ``max_tokens`` tokens at once (or with a delay per token). It exists to measure the load
 generator's own capacity (benchmarks/loadgen_capacity.py) and to inject faults in tests: HTTP errors,
 stalls, malformed SSE, short streams, a server that never becomes healthy or dies.
 
     python -m inference_eval.serving.loopback_server --port 8000 [--token-delay 0.01] [--fail-every 3 ...]
+
+The stream is vLLM's: one chunk per token (text "t"; its token id too when the request asks for
+``return_token_ids``), ``finish_reason`` on the last token's chunk, then, when ``stream_options.include_usage``
+is set, a chunk with empty ``choices`` and the ``usage`` block, then ``data: [DONE]``. So vLLM's own
+benchmark client, which reads ``usage`` only from a chunk whose ``choices`` is empty, counts its tokens
+as it does against vLLM.
+
+It must never be what limits a client measured against it: the listen backlog is raised to 4096
+(``--backlog``; the kernel caps it at ``net.core.somaxconn``) from aiohttp's 128, so a client that opens
+hundreds of connections at once is not made to retry them, and with ``--token-delay 0`` a stream's
+chunks are built from precomputed bytes and written in one write.
 
 Fault options pick every K-th request (1-based count of completion requests received).
 """
@@ -16,25 +27,45 @@ import contextlib
 import json
 import os
 import sys
+import time
 
 from aiohttp import web
 
-
-def _chunk(token_id: int, finish: str | None = None) -> bytes:
-    fr = "null" if finish is None else json.dumps(finish)
-    return (b'data: {"id":"cmpl-loopback","object":"text_completion","model":"loopback","choices":[{"index":0,'
-            b'"text":"t","token_ids":[' + str(token_id).encode() + b'],"finish_reason":' + fr.encode() + b'}]}\n\n')
-
-
-def _usage(prompt_tokens: int, completion_tokens: int, finish: str) -> bytes:
-    event = {"id": "cmpl-loopback", "object": "text_completion", "model": "loopback",
-             "choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": finish}],
-             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                       "total_tokens": prompt_tokens + completion_tokens}}
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
-
-
 DONE = b"data: [DONE]\n\n"
+DEFAULT_BACKLOG = 4096
+
+
+class _Stream:
+    """The SSE bytes of one completion, in vLLM's shape."""
+
+    def __init__(self, n: int, model: str, with_ids: bool):
+        head = json.dumps({"id": f"cmpl-loopback-{n}", "object": "text_completion", "created": int(time.time()),
+                           "model": model}, separators=(",", ":"))[:-1]
+        self.head = b"data: " + head.encode()
+        self.prefix = self.head + b',"choices":[{"index":0,"text":"t","logprobs":null,'
+        self.with_ids = with_ids
+
+    def chunk(self, token_id: int, finish: str | None = None) -> bytes:
+        ids = b'"token_ids":[' + str(token_id).encode() + b"]," if self.with_ids else b""
+        fr = b"null" if finish is None else json.dumps(finish).encode()
+        return self.prefix + ids + b'"finish_reason":' + fr + b"}]}\n\n"
+
+    def chunks(self, ids: list[int], finish: str) -> bytes:
+        if not ids:  # nothing generated: the finish reason comes on an empty chunk, as vLLM sends it
+            empty = b',"choices":[{"index":0,"text":"","logprobs":null,'
+            return (self.head + empty + (b'"token_ids":[],' if self.with_ids else b"")
+                    + b'"finish_reason":' + json.dumps(finish).encode() + b"}]}\n\n")
+        if self.with_ids:
+            pre, post = self.prefix + b'"token_ids":[', b'],"finish_reason":null}]}\n\n'
+            body = b"".join([pre + str(t).encode() + post for t in ids[:-1]])
+        else:
+            body = (self.prefix + b'"finish_reason":null}]}\n\n') * (len(ids) - 1)
+        return body + self.chunk(ids[-1], finish)
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        u = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+        return self.head + b',"choices":[],"usage":' + json.dumps(u, separators=(",", ":")).encode() + b"}\n\n"
 
 
 def _picked(every: int, n: int) -> bool:
@@ -71,23 +102,29 @@ def make_app(args: argparse.Namespace) -> web.Application:
             # the stream is open and never ends, as when MII's server failed inside a streamed request
             print(f"loopback server: injected error: request {n} stalls inside its stream", flush=True)
             await asyncio.sleep(3600)
+        stream = _Stream(n, str(body.get("model") or "loopback"), bool(body.get("return_token_ids")))
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         n_tokens = max_tokens
         if _picked(args.short_every, n):
             n_tokens = max(0, max_tokens // 2)
         finish = "length" if n_tokens == max_tokens else "stop"
         if _picked(args.malformed_every, n):
-            await resp.write(_chunk(7) + b"data: {this is not json\n\n")
+            await resp.write(stream.chunk(7) + b"data: {this is not json\n\n")
             await resp.write_eof()
             return resp
         ids = [(3 + (n * 131 + i * 7) % 31990) for i in range(n_tokens)]
+        tail = (stream.usage(prompt_tokens, n_tokens) if include_usage else b"") + DONE
         async with running:  # at most --max-running streams generate at once: a server that saturates
             if args.token_delay <= 0:
-                await resp.write(b"".join(_chunk(t) for t in ids) + _usage(prompt_tokens, n_tokens, finish) + DONE)
+                await resp.write(stream.chunks(ids, finish) + tail)
             else:
-                for t in ids:
+                for i, t in enumerate(ids):
                     await asyncio.sleep(args.token_delay)
-                    await resp.write(_chunk(t))
-                await resp.write(_usage(prompt_tokens, n_tokens, finish) + DONE)
+                    await resp.write(stream.chunk(t, finish if i == len(ids) - 1 else None))
+                if not ids:
+                    await resp.write(stream.chunks(ids, finish))
+                await resp.write(tail)
         await resp.write_eof()
         return resp
 
@@ -105,6 +142,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG,
+                   help="listen backlog (aiohttp's own default is 128; the kernel caps it at net.core.somaxconn)")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens (0: all at once)")
     p.add_argument("--max-running", type=int, default=0,
                    help="streams generating at once; the rest wait (0: no limit). With --token-delay the server "
@@ -132,7 +171,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     print(f"loopback server on http://{args.host}:{args.port}", flush=True)
-    web.run_app(make_app(args), host=args.host, port=args.port, access_log=None, print=None,
+    web.run_app(make_app(args), host=args.host, port=args.port, access_log=None, print=None, backlog=args.backlog,
                 handle_signals=True, shutdown_timeout=1.0)
     return 0
 
