@@ -78,8 +78,7 @@ def build_record(cfg: Mapping[str, Any], plan: BatchPlan, result: Mapping[str, A
     cv = coefficient_of_variation(times)
     n_exact = sum(1 for r in rows if r["ok"])
     windows = list(result.get("telemetry") or [])
-    energy = energy_summary(windows, output_tokens) if ran else {
-        "energy_j": None, "energy_j_per_token": None, "mean_power_w": None, "energy_reason": "no timed run"}
+    energy = energy_summary(windows if ran else [{"reason": "no timed run"}], output_tokens)
     fair = fairness.manifest(
         cfg, "batch", requests, exact=(status == "ok") if ran else None, n_exact=n_exact,
         resolved=result.get("resolved_settings") or {},
