@@ -127,7 +127,7 @@ def test_a_lock_name_and_a_path_and_a_bad_value(tmp_path):
 def test_the_folder_follows_the_lock(tmp_path, monkeypatch):
     src = tmp_path / "envs"
     shutil.copytree(environments.ENVS_SOURCE, src)
-    monkeypatch.setattr(environments, "ENVS_SOURCE", src)
+    monkeypatch.setattr(environments.locks, "ENVS_SOURCE", src)  # where lock_path reads the locks
     before = environments.lock_sha("llamacpp-cpu")
     assert re.fullmatch(r"[0-9a-f]{12}", before)
     with (src / "llamacpp-cpu.txt").open("a") as fh:
@@ -170,7 +170,7 @@ def test_a_failing_installer_is_a_status_with_its_last_lines(tmp_path, monkeypat
     script.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'uv 0'; exit 0; fi\n"
                       "for i in $(seq 1 30); do echo \"installer line $i\"; done\nexit 3\n")
     script.chmod(0o755)
-    monkeypatch.setattr(environments, "find_uv", lambda: str(script))
+    monkeypatch.setattr(environments.build, "find_uv", lambda: str(script))  # what build_env calls
     sha = environments.lock_sha("llamacpp-cpu")
     status = environments.build_env("llamacpp-cpu", sha, tmp_path / f"llamacpp-cpu-{sha}" / "env.json")
     assert status["status"] == "failed"
