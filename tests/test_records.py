@@ -78,10 +78,15 @@ def test_a_slurm_failure_record_reads_as_a_batch_record_without_result():
     assert rec.status == "oom" and not rec.has_result and rec.extra["slurm"] == {"job_id": "7"}
 
 
-def test_serving_row_round_trip_and_columns_match_the_sweep():
+def test_serving_row_round_trip_and_columns_hold_every_group_the_sweep_writes():
+    from inference_eval.serving.metrics import CI_COLUMNS, CLIENT_COLUMNS, GOODPUT_COLUMNS
     from inference_eval.serving.sweep import COLUMNS
+    from inference_eval.telemetry import ENERGY_COLUMNS
 
-    assert ServingRow.columns() == COLUMNS
+    assert COLUMNS == ServingRow.columns() and len(set(COLUMNS)) == len(COLUMNS)
+    for group in (CI_COLUMNS, GOODPUT_COLUMNS, CLIENT_COLUMNS, ENERGY_COLUMNS):  # each a run of fields, in order
+        start = COLUMNS.index(group[0])
+        assert COLUMNS[start:start + len(group)] == group
     row = ServingRow(library="vllm", rate=8.0, status="ok", token_throughput_tok_s=100.0, p99_reliable=False,
                      extra={"unlisted": 1})
     d = row.to_dict()

@@ -74,6 +74,8 @@ def test_sweep_writes_rows_record_and_request_files(tmp_path):
     assert record["kind"] == "serving" and record["status"] == "ok"
     assert record["provenance"]["config_hash"] and record["settings"]["rates"] == [20.0, 40.0]
     assert "loopback_server" in " ".join(record["server_command"])
+    # every key a rate's row got is a ServingRow field (a column), none an extra the CSV would drop
+    assert [list(r) for r in record["rates"]] == [list(COLUMNS)] * 2
     assert frame.shape[0] == 2
 
     from inference_eval.serving.figures import load_sweeps, serving_figure

@@ -41,9 +41,9 @@ def test_ci_columns_are_named_and_ordered():
 
 
 def test_sweep_columns_hold_the_ci_columns_together():
-    from inference_eval.serving.sweep import COLUMNS, METRIC_COLUMNS
-    start = METRIC_COLUMNS.index(CI_COLUMNS[0])
-    assert METRIC_COLUMNS[start:start + len(CI_COLUMNS)] == CI_COLUMNS
+    from inference_eval.serving.sweep import COLUMNS
+    start = COLUMNS.index(CI_COLUMNS[0])
+    assert COLUMNS[start:start + len(CI_COLUMNS)] == CI_COLUMNS
     assert len(set(COLUMNS)) == len(COLUMNS)
 
 

@@ -1,4 +1,7 @@
-"""The serving row: one request rate of a sweep, one row of ``results/<hw>/serving/<library>_<model>_<dataset>.csv``."""
+"""The serving row: one request rate of a sweep, one row of ``results/<hw>/serving/<library>_<model>_<dataset>.csv``.
+
+``ServingRow``'s fields, in order, are the one definition of that CSV's columns (``serving.sweep.COLUMNS``
+is ``ServingRow.columns()``): a key the sweep writes that is not a field would be left out of the CSV."""
 
 from __future__ import annotations
 

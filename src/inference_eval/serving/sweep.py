@@ -7,6 +7,10 @@ Row status: ``ok`` (every request returned exactly its tokens), ``invalid`` (som
 with the wrong length: the row's numbers are not comparable), ``failed`` (none succeeded, or the server
 failed), ``not_installed``, ``unsupported`` (the library's registry entry has no server), ``env_failed`` (the
 library's environment, ``library.env``, gave no interpreter).
+
+This module runs the server and the rates in order (the configured ones, then the rate search's);
+``serving.sweep_settings`` holds the settings and the requests, ``serving.sweep_rate`` one rate's
+measurement and row.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,166 +28,32 @@ from inference_eval import environments, fairness
 from inference_eval.datasets.manifest import read_manifest_or_empty
 from inference_eval.io import write_csv, write_json
 from inference_eval.models.files import ModelFiles
-from inference_eval.records.base import VERSION_KEY
 from inference_eval.records.serving import ServingRow, rows_frame
 from inference_eval.report.provenance import provenance, utc_now
-from inference_eval.requests import Request, completion_to_row, load_requests, run_limits
-from inference_eval.serving.client import LoadSettings, ServedCompletion, run_load
+from inference_eval.requests import Request, load_requests, run_limits
+from inference_eval.serving.client import LoadSettings, run_load
 from inference_eval.serving.launch import ServerError, ServerProcess, start_server
-from inference_eval.serving.metrics import (CI_COLUMNS, CLIENT_COLUMNS, GOODPUT_COLUMNS, client_certificate,
-                                            goodput_knee, goodput_metrics, rate_metrics, slo_for)
+from inference_eval.serving.metrics import goodput_knee, slo_for
 from inference_eval.serving.rate_search import Point, SearchSettings, SearchState, next_point, peak
 from inference_eval.serving.schedule import make_schedule
 from inference_eval.serving.servers import ServerSpec, server_spec
-from inference_eval.telemetry import ENERGY_COLUMNS, GpuTelemetry, TelemetryWindow, energy_summary
+from inference_eval.serving.sweep_rate import measure_rate
+from inference_eval.serving.sweep_settings import (
+    ServingConfigError,
+    ServingSettings,
+    build_requests,
+    dataset_source,
+    prompt_texts,
+)
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
-IDENTITY = ("library", "model", "dataset", "dataset_source", "hardware", "rate", "status", "reason")
-METRIC_COLUMNS = (
-    "requested_rate", "scheduled_rate", "achieved_rate", "achieved_over_requested", "n_requests", "n_measured", "n_ok", "n_failed",
-    "n_failed_total", "failures", "first_error", "duration_s", "output_tokens", "sequence_throughput_req_s",
-    "token_throughput_tok_s", "mean_latency_per_output_token_s",
-    *(f"{m}_{s}" for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s") for s in ("mean", "p50", "p90", "p99")),
-    "send_lag_mean_s", "send_lag_p50_s", "send_lag_p99_s", "send_lag_max_s", *CI_COLUMNS, *GOODPUT_COLUMNS,
-    "within_goodput_share", "search_phase", "search_note", *CLIENT_COLUMNS, *ENERGY_COLUMNS)
-# The fairness manifest of each row (inference_eval.fairness): what the gate compares across libraries,
-# the measured prefix-cache reuse of this rate, and the engine settings as one JSON column.
-FAIRNESS_COLUMNS = ("requests_sha256", "row_limit", "max_tokens_cap", "exact", "prefix_caching",
-                    "prefix_cache_hit_rate", "prefix_cache_hit_tokens", "prefix_cache_query_tokens",
-                    "prefix_cache_source", "sampling", "prompt_route", "engine_settings")
-# The CSV's columns: the fields of records.ServingRow, in this order, then its schema version.
-COLUMNS = IDENTITY + METRIC_COLUMNS + FAIRNESS_COLUMNS + (VERSION_KEY,)
+# What the sweep's callers import from here: the settings and requests are in serving.sweep_settings.
+__all__ = ["COLUMNS", "ServingConfigError", "ServingSettings", "build_requests", "prompt_texts", "run_sweep",
+           "search_points"]
+
+# The CSV's columns: the fields of records.ServingRow, in order, and its schema version.
+COLUMNS = ServingRow.columns()
 WARMUP_TOKENS = 4
-
-
-class ServingConfigError(ValueError):
-    pass
-
-
-@dataclass
-class ServingSettings:
-    rates: list[float]
-    num_requests: int
-    arrival: str
-    burstiness: float
-    max_concurrency: int | None
-    drop_first: int
-    drop_last: int
-    request_timeout_s: float
-    warmup_timeout_s: float
-    health_timeout_s: float
-    host: str
-    port: int | None
-    api_key: str | None
-    seed: int
-    max_tokens_cap: int | None
-    gpu: bool = False  # the hardware is a GPU: each rate records NVML energy and telemetry
-
-    @classmethod
-    def from_cfg(cls, cfg: dict) -> "ServingSettings":
-        """``cfg['scenario']`` (conf/scenario/serving.yaml); nulls fall back to ``cfg['hardware']['scale']``."""
-        sc, scale = cfg.get("scenario") or {}, (cfg.get("hardware") or {}).get("scale") or {}
-
-        def pick(key, fallback_key, default=None):
-            v = sc.get(key)
-            return scale.get(fallback_key, default) if v is None else v
-
-        rates = pick("rates", "serving_rates")
-        if not rates:
-            raise ServingConfigError("no request rates: set scenario.rates or hardware.scale.serving_rates")
-        try:
-            rates = [float(r) for r in (rates if isinstance(rates, (list, tuple)) else [rates])]
-        except (TypeError, ValueError):
-            raise ServingConfigError(f"scenario.rates must be numbers, got {rates!r}") from None
-        if any(not r > 0 for r in rates):
-            raise ServingConfigError(f"scenario.rates must be > 0, got {rates}")
-        warm = int(scale.get("drop_warmup") or 0)
-        num = pick("num_requests", "serving_requests")
-        if num is None or int(num) < 1:
-            raise ServingConfigError(f"scenario.num_requests must be >= 1, got {num!r}")
-        drop_first = int(sc["drop_first"]) if sc.get("drop_first") is not None else warm
-        drop_last = int(sc["drop_last"]) if sc.get("drop_last") is not None else warm
-        if drop_first + drop_last >= int(num):
-            raise ServingConfigError(f"drop_first ({drop_first}) + drop_last ({drop_last}) must be below "
-                                     f"num_requests ({num})")
-        host = str(sc.get("host") or "127.0.0.1")
-        return cls(rates=rates, num_requests=int(num), arrival=str(sc.get("arrival") or "poisson"),
-                   burstiness=float(sc.get("burstiness") or 1.0),
-                   max_concurrency=int(sc["max_concurrency"]) if sc.get("max_concurrency") else None,
-                   drop_first=drop_first, drop_last=drop_last,
-                   request_timeout_s=float(sc.get("request_timeout_s") or 600),
-                   warmup_timeout_s=float(sc.get("warmup_timeout_s") or 300),
-                   health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
-                   port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
-                   seed=int(cfg.get("seed") or 0),
-                   max_tokens_cap=run_limits(cfg)[1],
-                   gpu=(cfg.get("hardware") or {}).get("kind") == "gpu")
-
-    def public(self) -> dict:
-        d = dict(self.__dict__)
-        d["api_key"] = "<redacted>" if self.api_key else None
-        return d
-
-
-def build_requests(rows: Sequence[Request], n: int, max_tokens_cap: int | None = None) -> list[Request]:
-    """``n`` requests in dataset order, cycling the rows when the dataset is shorter than ``n``
-    (ids get a ``#k`` suffix on later passes); ``max_tokens`` capped by ``dataset.max_tokens_cap``, as in
-    batch runs."""
-    if not rows:
-        raise ValueError("no dataset rows to build requests from")
-    out = []
-    for i in range(n):
-        r = rows[i % len(rows)]
-        mt = min(r.max_tokens, max_tokens_cap) if max_tokens_cap else r.max_tokens
-        rid = r.id if i < len(rows) else f"{r.id}#{i // len(rows)}"
-        out.append(Request(id=rid, prompt_token_ids=r.prompt_token_ids, max_tokens=mt, prompt=r.prompt))
-    return out
-
-
-def prompt_texts(requests: Sequence[Request], hf_dir: str | None) -> dict[str, str]:
-    """Text prompts for servers that take only text: the row's own text, else its ids decoded with the
-    model's tokenizer. (The server tokenizes this again; its count is recorded as server_prompt_tokens.)"""
-    texts = {r.id: r.text for r in requests if r.text}
-    missing = [r for r in requests if not r.text]
-    if missing:
-        if not hf_dir:
-            raise ValueError("requests have no prompt text and no tokenizer folder was given to decode their ids")
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(hf_dir)
-        for r in missing:
-            texts[r.id] = tok.decode(list(r.prompt_token_ids), skip_special_tokens=True)
-    return texts
-
-
-def dataset_source(cfg: dict, rows_path: str | Path | None) -> tuple[str, bool | None]:
-    ds = cfg.get("dataset") or {}
-    source, synthetic = ds.get("source") or ds.get("name") or "", ds.get("synthetic")
-    m = read_manifest_or_empty(rows_path)
-    source = m.get("source") or source
-    synthetic = m.get("synthetic", synthetic)
-    if isinstance(source, dict):
-        source = source.get("name") or json.dumps(source, sort_keys=True)
-    return str(source), synthetic
-
-
-def _request_rows(completions: Sequence[ServedCompletion], rate: float) -> pd.DataFrame:
-    rows = []
-    for c in completions:
-        row = completion_to_row(c)
-        row["rate"] = rate
-        row["send_lag_s"] = c.sent_s - c.scheduled_s if c.sent_s else float("nan")
-        row["token_times_s"] = " ".join(f"{t:.6f}" for t in c.token_times_s)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _rate_status(completions: Sequence[ServedCompletion]) -> tuple[str, str]:
-    bad = [c for c in completions if not c.ok]
-    if not bad:
-        return "ok", ""
-    status = "failed" if len(bad) == len(completions) else "invalid"
-    first = next((c.error for c in bad if c.error), "wrong length")
-    return status, f"{len(bad)}/{len(completions)} requests failed or had the wrong length; first: {first}"
 
 
 def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str | Path, run_dir: str | Path,
@@ -298,7 +167,7 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                      settings.warmup_timeout_s, server)
 
             def run_rate(rate: float, phase: str) -> dict:
-                row = with_manifest(_one_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
+                row = with_manifest(measure_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
                                               (spec, settings.api_key), slo))
                 row["search_phase"] = phase
                 row["within_goodput_share"] = bool(row["goodput_tok_s"] >= goodput_share * row["token_throughput_tok_s"])
@@ -374,60 +243,3 @@ def _read_log(path: Path) -> str:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def prefix_cache_share(before, after, prompt_tokens_sent: int) -> dict:
-    """This rate's prompt tokens served from the server's prefix cache, from cumulative counters read
-    before and after it (the denominator: the server's own lookups, else the prompt tokens we sent)."""
-    if before is None or after is None:
-        return {"prefix_cache_hit_rate": float("nan"), "prefix_cache_hit_tokens": float("nan"),
-                "prefix_cache_query_tokens": float("nan"), "prefix_cache_source": "not reported by this server"}
-    hits = after.hit_tokens - before.hit_tokens
-    queried = None
-    if after.queried_tokens is not None and before.queried_tokens is not None:
-        queried = after.queried_tokens - before.queried_tokens
-    if not queried:  # hits only, or no lookups counted (vLLM with caching off): over the prompts sent
-        queried = float(prompt_tokens_sent)
-    return {"prefix_cache_hit_rate": hits / queried if queried > 0 else float("nan"),
-            "prefix_cache_hit_tokens": hits, "prefix_cache_query_tokens": queried,
-            "prefix_cache_source": after.source}
-
-
-def _one_rate(rate: float, requests, body_for, load: LoadSettings, settings: ServingSettings,
-              server: ServerProcess, run_dir: Path, ident: dict, counters=None, slo: dict | None = None) -> dict:
-    if not server.alive():
-        raise ServerError(f"server exited with code {server.returncode()} before rate {rate:g}: "
-                          f"{server.log_tail(300)!r}")
-    spec, api_key = counters if counters else (None, None)
-
-    def read_counters():
-        return spec.prefix_cache_counters(server.base_url, server.log_path, api_key) if spec else None
-
-    schedule = make_schedule(len(requests), rate, settings.arrival, settings.burstiness, settings.seed)
-    before = read_counters()
-    cpu0, wall0 = time.process_time(), time.perf_counter()  # the client's own CPU (the server is another process)
-    with GpuTelemetry(enabled=settings.gpu) as telemetry:  # the whole rate, every request of it
-        completions = run_load(requests, schedule, body_for, load)
-    client_cpu_s, client_wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-    cache = prefix_cache_share(before, read_counters(), sum(r.prompt_len for r in requests))
-    write_csv(run_dir / f"requests_rate{rate:g}.csv", _request_rows(completions, rate))
-    status, reason = _rate_status(completions)
-    if not server.alive():
-        status = "failed" if status == "failed" else "invalid"
-        reason = f"server exited with code {server.returncode()} during this rate; " + reason
-    metrics = rate_metrics(completions, rate, settings.drop_first, settings.drop_last, seed=settings.seed)
-    if slo is not None:
-        metrics.update(goodput_metrics(completions, slo, settings.drop_first, settings.drop_last))
-    metrics.update(client_certificate(metrics, client_cpu_s, client_wall_s))
-    metrics.update(rate_energy(telemetry.window, sum(c.output_tokens for c in completions if c.ok)))
-    return {**ident, "rate": rate, "status": status, "reason": reason, **metrics, **cache}
-
-
-def rate_energy(window: TelemetryWindow, output_tokens: int) -> dict:
-    """A rate's energy columns: the window spans every request of the rate (the dropped warm-up and
-    cool-down ones too), so joules per token divide by every completed request's output tokens."""
-    w = window.to_dict()
-    out = energy_summary([w], output_tokens)
-    out.update({"gpu_sm_clock_mhz_mean": w["sm_clock_mhz_mean"], "gpu_memory_used_gib_max": w["memory_used_gib_max"],
-                "gpu_util_mean": w["gpu_util_mean"], "telemetry_samples": w["samples"]})
-    return out

@@ -1,0 +1,123 @@
+"""What a serving sweep sends: its settings (``ServingSettings``, from ``cfg['scenario']`` with the
+hardware's scale as fallback), the requests (the dataset's rows cycled to ``num_requests``), the text
+prompts of servers that take only text, and where the dataset came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from inference_eval.datasets.manifest import read_manifest_or_empty
+from inference_eval.requests import Request, run_limits
+
+
+class ServingConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ServingSettings:
+    rates: list[float]
+    num_requests: int
+    arrival: str
+    burstiness: float
+    max_concurrency: int | None
+    drop_first: int
+    drop_last: int
+    request_timeout_s: float
+    warmup_timeout_s: float
+    health_timeout_s: float
+    host: str
+    port: int | None
+    api_key: str | None
+    seed: int
+    max_tokens_cap: int | None
+    gpu: bool = False  # the hardware is a GPU: each rate records NVML energy and telemetry
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "ServingSettings":
+        """``cfg['scenario']`` (conf/scenario/serving.yaml); nulls fall back to ``cfg['hardware']['scale']``."""
+        sc, scale = cfg.get("scenario") or {}, (cfg.get("hardware") or {}).get("scale") or {}
+
+        def pick(key, fallback_key, default=None):
+            v = sc.get(key)
+            return scale.get(fallback_key, default) if v is None else v
+
+        rates = pick("rates", "serving_rates")
+        if not rates:
+            raise ServingConfigError("no request rates: set scenario.rates or hardware.scale.serving_rates")
+        try:
+            rates = [float(r) for r in (rates if isinstance(rates, (list, tuple)) else [rates])]
+        except (TypeError, ValueError):
+            raise ServingConfigError(f"scenario.rates must be numbers, got {rates!r}") from None
+        if any(not r > 0 for r in rates):
+            raise ServingConfigError(f"scenario.rates must be > 0, got {rates}")
+        warm = int(scale.get("drop_warmup") or 0)
+        num = pick("num_requests", "serving_requests")
+        if num is None or int(num) < 1:
+            raise ServingConfigError(f"scenario.num_requests must be >= 1, got {num!r}")
+        drop_first = int(sc["drop_first"]) if sc.get("drop_first") is not None else warm
+        drop_last = int(sc["drop_last"]) if sc.get("drop_last") is not None else warm
+        if drop_first + drop_last >= int(num):
+            raise ServingConfigError(f"drop_first ({drop_first}) + drop_last ({drop_last}) must be below "
+                                     f"num_requests ({num})")
+        host = str(sc.get("host") or "127.0.0.1")
+        return cls(rates=rates, num_requests=int(num), arrival=str(sc.get("arrival") or "poisson"),
+                   burstiness=float(sc.get("burstiness") or 1.0),
+                   max_concurrency=int(sc["max_concurrency"]) if sc.get("max_concurrency") else None,
+                   drop_first=drop_first, drop_last=drop_last,
+                   request_timeout_s=float(sc.get("request_timeout_s") or 600),
+                   warmup_timeout_s=float(sc.get("warmup_timeout_s") or 300),
+                   health_timeout_s=float(sc.get("health_timeout_s") or 300), host=host,
+                   port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
+                   seed=int(cfg.get("seed") or 0),
+                   max_tokens_cap=run_limits(cfg)[1],
+                   gpu=(cfg.get("hardware") or {}).get("kind") == "gpu")
+
+    def public(self) -> dict:
+        d = dict(self.__dict__)
+        d["api_key"] = "<redacted>" if self.api_key else None
+        return d
+
+
+def build_requests(rows: Sequence[Request], n: int, max_tokens_cap: int | None = None) -> list[Request]:
+    """``n`` requests in dataset order, cycling the rows when the dataset is shorter than ``n``
+    (ids get a ``#k`` suffix on later passes); ``max_tokens`` capped by ``dataset.max_tokens_cap``, as in
+    batch runs."""
+    if not rows:
+        raise ValueError("no dataset rows to build requests from")
+    out = []
+    for i in range(n):
+        r = rows[i % len(rows)]
+        mt = min(r.max_tokens, max_tokens_cap) if max_tokens_cap else r.max_tokens
+        rid = r.id if i < len(rows) else f"{r.id}#{i // len(rows)}"
+        out.append(Request(id=rid, prompt_token_ids=r.prompt_token_ids, max_tokens=mt, prompt=r.prompt))
+    return out
+
+
+def prompt_texts(requests: Sequence[Request], hf_dir: str | None) -> dict[str, str]:
+    """Text prompts for servers that take only text: the row's own text, else its ids decoded with the
+    model's tokenizer. (The server tokenizes this again; its count is recorded as server_prompt_tokens.)"""
+    texts = {r.id: r.text for r in requests if r.text}
+    missing = [r for r in requests if not r.text]
+    if missing:
+        if not hf_dir:
+            raise ValueError("requests have no prompt text and no tokenizer folder was given to decode their ids")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        for r in missing:
+            texts[r.id] = tok.decode(list(r.prompt_token_ids), skip_special_tokens=True)
+    return texts
+
+
+def dataset_source(cfg: dict, rows_path: str | Path | None) -> tuple[str, bool | None]:
+    ds = cfg.get("dataset") or {}
+    source, synthetic = ds.get("source") or ds.get("name") or "", ds.get("synthetic")
+    m = read_manifest_or_empty(rows_path)
+    source = m.get("source") or source
+    synthetic = m.get("synthetic", synthetic)
+    if isinstance(source, dict):
+        source = source.get("name") or json.dumps(source, sort_keys=True)
+    return str(source), synthetic
