@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from inference_eval.telemetry import GpuTelemetry, energy_summary
+from inference_eval.telemetry import GpuTelemetry, energy_summary, nvml_device_index
 
 
 class FakeNvml:
@@ -87,3 +87,14 @@ def test_energy_summary_means_over_windows():
     windows = [{"energy_j": 100.0, "mean_power_w": 200.0}, {"energy_j": 300.0, "mean_power_w": 400.0}]
     s = energy_summary(windows, output_tokens=1000)
     assert s == {"energy_j": 200.0, "energy_j_per_token": 0.2, "mean_power_w": 300.0, "energy_reason": ""}
+
+
+@pytest.mark.parametrize("visible,index", [(None, 0), ("", 0), ("3", 3), (" 2,0", 2), ("GPU-8a1b", 0)])
+def test_the_window_reads_the_first_visible_gpu(monkeypatch, visible, index):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert nvml_device_index() == index
+    with GpuTelemetry(nvml=FakeNvml(), interval_s=0.01) as tel:
+        assert tel._handle == ("gpu", index)

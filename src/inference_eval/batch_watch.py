@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_eval import environments, processes
+from inference_eval.telemetry import nvml_device_index
 from inference_eval.termination import raise_if_terminated, terminate_on_sigterm
 
 STATUSES = ("ok", "invalid", "failed", "oom", "not_installed", "unsupported", "env_failed")
@@ -139,8 +140,7 @@ def _nvml_handle():
     try:
         import pynvml
         pynvml.nvmlInit()
-        index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
+        return pynvml.nvmlDeviceGetHandleByIndex(nvml_device_index())
     except Exception:
         return None
 

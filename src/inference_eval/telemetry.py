@@ -52,8 +52,10 @@ def _load_nvml():
     return pynvml
 
 
-def _device_index() -> int:
-    """The first GPU this process sees: CUDA_VISIBLE_DEVICES names NVML indices (when they are numbers)."""
+def nvml_device_index() -> int:
+    """NVML's index of the first GPU this process sees: CUDA_VISIBLE_DEVICES names NVML indices (when they
+    are numbers; otherwise, and when it is unset, 0). The telemetry here and the batch supervisor's memory
+    sampler (``batch_watch``) both read this device."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     return int(visible) if visible.isdigit() else 0
 
@@ -95,7 +97,7 @@ class GpuTelemetry:
             nvml = self._nvml or _load_nvml()
             nvml.nvmlInit()
             self._nvml = nvml
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(_device_index())
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(nvml_device_index())
             name = nvml.nvmlDeviceGetName(self._handle)
             self.window.device = name.decode() if isinstance(name, bytes) else str(name)
         except Exception as exc:  # no bindings, no driver, no device: the window says why
