@@ -46,6 +46,16 @@ def test_settings_fall_back_to_hardware_scale():
         ServingSettings.from_cfg(_cfg("scenario.num_requests=3", "scenario.drop_first=2", "scenario.drop_last=2"))
 
 
+def test_a_schedule_below_the_hardware_scale_says_so():
+    full = _cfg()
+    assert ServingSettings.from_cfg(full).reduced_scale_note(full) is None  # the profile's own scale
+    small = _cfg("scenario.num_requests=10", "scenario.drop_first=1", "scenario.drop_last=1")
+    note = ServingSettings.from_cfg(small).reduced_scale_note(small)
+    scale = small["hardware"]["scale"]
+    assert note.startswith("reduced scale: 10 requests per rate (first 1 and last 1 dropped)")
+    assert f"profile's {scale['serving_requests']} (drop {scale['drop_warmup']} + {scale['drop_warmup']})" in note
+
+
 def test_build_requests_cycles_rows_and_caps_length():
     rows = [Request(id="a", prompt_token_ids=(1,), max_tokens=100), Request(id="b", prompt_token_ids=(2,), max_tokens=5)]
     reqs = build_requests(rows, 5, max_tokens_cap=16)
@@ -63,6 +73,8 @@ def test_sweep_writes_rows_record_and_request_files(tmp_path):
     assert disk["rate"].tolist() == [20.0, 40.0] and set(disk["status"]) == {"ok"}
     assert (disk["n_ok"] == 10).all() and (disk["n_failed_total"] == 0).all()
     assert disk[["library", "model", "dataset", "hardware"]].iloc[0].tolist() == ["vllm", "tiny-llama", "s2s", "cpu"]
+    # 14 requests a rate is below the CPU profile's serving_requests: every row says so
+    assert disk["scale_note"].str.startswith("reduced scale: 14 requests per rate").all()
     # every request came back with exactly its tokens, counted from the stream's ids
     reqs = pd.read_csv(tmp_path / "run" / "requests_rate20.csv")
     assert len(reqs) == 14 and reqs["ok"].all()

@@ -101,14 +101,18 @@ REAL="$RESULTS/$HW"
 limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
 # One serving schedule for vLLM and MII (the same requests, so their curves compare); llama.cpp serves one
 # request at a time, so it gets fewer requests at lower rates.
-SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10"
-LCP_SERVE="scenario.num_requests=40 scenario.rates=[1.0,4.0] scenario.drop_first=5 scenario.drop_last=5"
+SERVE="scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0] scenario.drop_first=10 scenario.drop_last=10 ${SERVE_EXTRA:-}"
+LCP_SERVE="scenario.num_requests=40 scenario.rates=[1.0,4.0] scenario.drop_first=5 scenario.drop_last=5 ${SERVE_EXTRA:-}"
 # LIB on s16k (Vicuna-7B-16k shapes, the seeded rows of limit()).
 s16k_run() { MODEL=vicuna-7b-16k sm "dataset.limit=$(limit s16k)" $REAL/batch/$1/vicuna-7b-16k/s16k.json; }
 # MODEL's GGUF and safetensors (default llama2-7b), written in the background by the bg-modelfiles step.
 model_files_in_background() {
   background modelfiles env OUT=$CAMPAIGN/bgout HW=$HW MODEL=${1:-llama2-7b} bash scripts/device/campaign.sh bg-modelfiles 900
 }
+# This hardware's results back under $OUT now (also after each dataset of a long step: a call stopped at
+# its time limit still returns what finished).
+pack() { [ -d "$REAL" ] && tar czf "$OUT/results-$HW.tgz" --exclude='*.safetensors' --exclude='*.gguf' -C "$CAMPAIGN" \
+  "results/$HW" results/datasets $(cd "$CAMPAIGN" && ls -d results/models/*/hf 2>/dev/null); }
 FINE="profiling.libraries=[transformers-eager,vllm] profiling.warmup=1 profiling.repeats=3 profiling.extra=[[2,256],[16,128]] profiling.ncu.timeout_s=240"
 
 case $step in
@@ -135,7 +139,7 @@ case $step in
     { setup_python && sm "dataset.limit=$(limit s2l)" $REAL/batch/transformers/llama2-7b/s2l.json; } 2>&1 | tee "$log" ;;
   serve)
     { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
-      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; done
+      for d in ${SERVE_DATASETS:-s2s l2s}; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; pack; done
     } 2>&1 | tee "$log" ;;
   fine)  # Transformers eager: the sweeps, then Nsight Compute over layer 1 (one call's worth)
     { setup_python && export PATH=$PATH:/usr/local/cuda/bin:/opt/nvidia/nsight-compute/2025.3.1
@@ -186,7 +190,7 @@ case $step in
     { if [ -d .lcp ]; then source .lcp/lcp-install.sh; else await lcpbuild 300; fi  # setup_python puts /tmp/lcpsite on the path
       setup_python && await modelfiles 300
       for d in s2s l2s s2l; do sm "dataset.limit=$(limit $d) ${LCP_BATCH:-}" $REAL/batch/llamacpp/llama2-7b/$d.json; done
-      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
+      for d in ${LCP_SERVE_DATASETS:-s2s l2s}; do sm "dataset.limit=$(limit $d) $LCP_SERVE" $REAL/serving/llamacpp_llama2-7b_$d.csv; done
     } 2>&1 | tee "$log" ;;
   mii)
     { source .mii/mii-install.sh && setup_python && mii_env
@@ -201,11 +205,11 @@ case $step in
     { [ -d /tmp/miisite/mii ] || { echo "run the mii or miiprep step first on this machine"; exit 3; }
       setup_python && mii_env
       [ -f "$CAMPAIGN/miijit.log" ] && await miijit 300  # miiprep's JIT build, where it ran on this machine
-      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; done
+      for d in ${SERVE_DATASETS:-s2s l2s}; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/mii_llama2-7b_$d.csv; pack; done
     } 2>&1 | tee "$log" ;;
   fair-serve)  # vLLM's serving sweeps again with the fair defaults (prefix caching off), the old schedule
     { setup_python && test -d /tmp/site/vllm || { echo "vLLM is not installed on this machine"; exit 3; }
-      for d in s2s l2s; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; done
+      for d in ${SERVE_DATASETS:-s2s l2s}; do sm "dataset.limit=$(limit $d) $SERVE" $REAL/serving/vllm_llama2-7b_$d.csv; pack; done
     } 2>&1 | tee "$log" ;;
   fair-batch)  # vLLM and Transformers (batch_size auto) batch rows with the H200's 3 repeats
     { setup_python && for d in s2s l2s s2l; do
@@ -235,7 +239,6 @@ rc=$?
 # Back: this hardware's results, the built datasets and the model configs (no weights, no GGUF), so the
 # tables and figures can be made on any machine (`snakemake --rerun-triggers mtime ...`).
 case $step in bg-*) exit $rc ;; esac  # its parent call's step returns the results
-[ -d "$REAL" ] && tar czf "$OUT/results-$HW.tgz" --exclude='*.safetensors' --exclude='*.gguf' -C "$CAMPAIGN" \
-  "results/$HW" results/datasets $(cd "$CAMPAIGN" && ls -d results/models/*/hf 2>/dev/null)
+pack
 ls -la "$OUT"
 exit $rc

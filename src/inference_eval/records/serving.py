@@ -44,7 +44,8 @@ class ServingRow(Record):
     ``within_goodput_share`` (goodput at least ``scenario.goodput_share`` of throughput).
 
     Rate search: ``search_phase`` (fixed, grow, bisect, inf), ``search_note`` (on the last row: why the
-    search stopped). Client certificate: ``client_cpu_share``, ``client_limited`` and
+    search stopped); ``scale_note`` (set when the schedule is smaller than the hardware profile's
+    ``scale.serving_requests``: the reduced scale, stated on every row). Client certificate: ``client_cpu_share``, ``client_limited`` and
     ``client_limited_reason`` (the load generator, not the server, set the pace). Energy over the whole
     rate (``inference_eval.telemetry``, NVML's counter on GPUs): ``energy_j``, ``energy_j_per_token`` (over
     every completed request's output tokens), ``mean_power_w``, ``energy_reason`` (why empty),
@@ -125,6 +126,7 @@ class ServingRow(Record):
     within_goodput_share: bool | None = None
     search_phase: str | None = None
     search_note: str | None = None
+    scale_note: str | None = None
     client_cpu_share: float = NAN
     client_limited: bool | None = None
     client_limited_reason: str | None = None

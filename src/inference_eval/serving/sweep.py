@@ -120,12 +120,13 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     fair_base = {"settings": fairness.requested_settings(cfg, "serving"),
                  "requests_sha256": fairness.requests_sha256(distinct),
                  "row_limit": (cfg.get("dataset") or {}).get("limit"),
-                 "max_tokens_cap": settings.max_tokens_cap}
+                 "max_tokens_cap": settings.max_tokens_cap,
+                 "scale_note": settings.reduced_scale_note(cfg)}
 
     def with_manifest(row: dict) -> dict:
         eff = fair_base["settings"]
         row.update(requests_sha256=fair_base["requests_sha256"], row_limit=fair_base["row_limit"],
-                   max_tokens_cap=fair_base["max_tokens_cap"], exact=row.get("status") == "ok",
+                   max_tokens_cap=fair_base["max_tokens_cap"], scale_note=fair_base["scale_note"], exact=row.get("status") == "ok",
                    prefix_caching=eff.get("prefix_caching"), sampling=eff.get("sampling"),
                    prompt_route=eff.get("prompt_route"), engine_settings=json.dumps(eff, sort_keys=True, default=str))
         return row

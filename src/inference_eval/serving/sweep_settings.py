@@ -76,6 +76,18 @@ class ServingSettings:
                    max_tokens_cap=run_limits(cfg)[1],
                    gpu=(cfg.get("hardware") or {}).get("kind") == "gpu")
 
+    def reduced_scale_note(self, cfg: dict) -> str | None:
+        """Why this sweep is smaller than the hardware profile's serving scale (``hardware.scale``:
+        ``serving_requests`` per rate, ``drop_warmup`` dropped at each end), or None when it is not: a
+        reduced schedule is allowed (e.g. where one call's time forces it) but every row must say so."""
+        scale = (cfg.get("hardware") or {}).get("scale") or {}
+        full = scale.get("serving_requests")
+        if full is None or self.num_requests >= int(full):
+            return None
+        warm = int(scale.get("drop_warmup") or 0)
+        return (f"reduced scale: {self.num_requests} requests per rate (first {self.drop_first} and last "
+                f"{self.drop_last} dropped), below the hardware profile's {int(full)} (drop {warm} + {warm})")
+
     def public(self) -> dict:
         d = dict(self.__dict__)
         d["api_key"] = "<redacted>" if self.api_key else None
