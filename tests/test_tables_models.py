@@ -155,7 +155,7 @@ def test_the_throughput_figure_has_one_panel_per_model_and_marks_incomparable_ro
         assert "s2s tiny-mistral TRF: row_limit=3" in note
         # one legend for the figure: each library once, in one colour in every panel
         (legend,) = fig.legends
-        assert [t.get_text() for t in legend.get_texts()] == ["TRF", "vLLM"]
+        assert [t.get_text() for t in legend.get_texts()] == ["TRF", "vLLM", "not comparable"]
         vllm = [[p.get_facecolor()[:3] for p in ax.patches if p.get_height() in (10.0, 5.0)] for ax in fig.axes]
         assert len(vllm[0]) == 2 and len(vllm[1]) == 1 and vllm[0][0] == vllm[1][0]
     finally:

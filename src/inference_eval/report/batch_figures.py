@@ -33,7 +33,7 @@ def throughput_data(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         raise ValueError("throughput figure: no dataset tables given")
     data = pd.concat(frames, ignore_index=True)
     for col in ("token_throughput_ci95_lo_tok_s", "token_throughput_ci95_hi_tok_s", "comparable",
-                "comparability_reason", "library_label"):
+                "comparability_reason", "library_label", "library", "model"):
         if col not in data:
             data[col] = None  # tables made before intervals and the gate existed
     data["library_label"] = data["library_label"].where(data["library_label"].notna(), data["library"])
@@ -66,15 +66,21 @@ def throughput_figure(tables: Mapping[str, pd.DataFrame], title: str):
     positive = data["tok_s"].dropna()
     positive = positive[positive > 0]
     log = bool(len(positive) and positive.max() / positive.min() > LOG_SCALE_RATIO)
+    # one bar width in every panel: that of the panel with the most libraries
+    width = 0.8 / max(1, max(len(set(per_model[m]["library_label"].astype(str))) for m in models))
     not_comparable, drawn, failed = [], set(), []  # failed: (panel, x, status) of rows with no result
     for ax, model in zip(axes, models):
         sub_model = per_model[model]
         order = [d for d in datasets if d in set(sub_model["dataset"])]
         runs = [label for label in labels if label in set(sub_model["library_label"].astype(str))]
-        width = 0.8 / max(1, len(runs))
-        for i, run in enumerate(runs):
+
+        def x_of(dataset: str, run: str) -> float:
+            """A bar's centre: the panel's libraries side by side around their dataset's tick."""
+            return order.index(dataset) + width * (runs.index(run) - (len(runs) - 1) / 2)
+
+        for run in runs:
             sub = sub_model[sub_model["library_label"].astype(str) == run]
-            xs = [order.index(d) - 0.4 + width * (i + 0.5) for d in sub["dataset"]]
+            xs = [x_of(d, run) for d in sub["dataset"]]
             ys = sub["tok_s"].to_numpy(dtype=float)
             lo = pd.to_numeric(sub["token_throughput_ci95_lo_tok_s"], errors="coerce").to_numpy(dtype=float)
             hi = pd.to_numeric(sub["token_throughput_ci95_hi_tok_s"], errors="coerce").to_numpy(dtype=float)
@@ -85,8 +91,7 @@ def throughput_figure(tables: Mapping[str, pd.DataFrame], title: str):
                 if np.isnan(y):
                     continue
                 ax.bar(x, y, width=width, color=colour[run], alpha=0.45 if bad else 1.0,
-                       hatch="//" if bad else None, edgecolor="dimgray" if bad else colour[run],
-                       label=None if run in drawn else run)
+                       hatch="//" if bad else None, edgecolor="dimgray" if bad else colour[run])
                 drawn.add(run)
                 if e0 or e1:
                     ax.errorbar(x, y, yerr=[[e0], [e1]], color="black", capsize=3, linewidth=1)
@@ -100,20 +105,20 @@ def throughput_figure(tables: Mapping[str, pd.DataFrame], title: str):
         ax.set_title(model, fontsize=10)
         if log:
             ax.set_yscale("log")
-        failed += [(ax, order.index(r["dataset"]) - 0.4 + width * (runs.index(str(r["library_label"])) + 0.5),
-                    str(r["status"])) for _, r in sub_model[sub_model["status"] != "ok"].iterrows()]
+        failed += [(ax, x_of(r["dataset"], str(r["library_label"])), str(r["status"]))
+                   for _, r in sub_model[sub_model["status"] != "ok"].iterrows()]
     axes[0].set_ylabel("output tokens / s (batch)")
     for ax, x, status in failed:  # after every panel is drawn: the shared y axis has its final limits
         ax.text(x, ax.get_ylim()[0], status, rotation=90, ha="center", va="bottom", fontsize=7, color="dimgray")
     fig.suptitle(title)
-    handles, names = [], []
-    for ax in axes:
-        for h, n in zip(*ax.get_legend_handles_labels()):
-            if n not in names:
-                handles.append(h)
-                names.append(n)
+    # one legend for the figure: each library that has a bar, in its colour, then the hatch's meaning
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colour[label], label=label) for label in labels if label in drawn]
+    if not_comparable:
+        handles.append(Patch(facecolor="white", edgecolor="dimgray", hatch="//", label="not comparable"))
     if handles:
-        fig.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+        fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     notes = ["error bars: 95 % Student-t interval over repeats (none where a row ran once)"]
     if not_comparable:
         notes.append("hatched: NOT comparable with the other rows of its dataset and model (fairness gate):")
