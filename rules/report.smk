@@ -30,8 +30,10 @@ def recorded_pairs(hardware, dataset):
 def batch_records(wildcards):
     """The records of one dataset table, model by model (table_models): a matrix model's rows are every
     matrix library (a planned run: missing, it is run; a job SLURM killed is its failure record's row,
-    rules/resources.smk) and any other library with a record; another model's rows are the records that
-    exist, read as they are."""
+    rules/resources.smk) and any other library with a record; another model's rows are only the records
+    that exist. Found records are still the batch rule's outputs: like every record, one whose dataset
+    or model files are newer is planned again (scripts/device/report.sh dates those inputs back and
+    stops before any such run)."""
     hw, dataset = wildcards.hardware, wildcards.dataset
     recorded = recorded_pairs(hw, dataset)
     out = []

@@ -60,7 +60,7 @@ def test_a_model_the_bound_table_lacks_has_empty_bound_cells_with_the_reason(tmp
     assert table.loc["tiny-llama", "bound_s"] == 0.5 and table.loc["tiny-llama", "bound_reason"] == ""
     assert pd.isna(table.loc["tiny-mistral", "bound_s"]) and pd.isna(table.loc["tiny-mistral", "efficiency"])
     assert table.loc["tiny-mistral", "bound_reason"] == \
-        "no roofline bound for tiny-mistral in s2s_bound.csv (its rule bounds other models)"
+        "no roofline bound for tiny-mistral in s2s_bound.csv (it bounds tiny-llama)"
     missing = dataset_table(paths, tmp_path / "absent_bound.csv")
     assert missing["bound_reason"].str.startswith("no roofline bound table: ").all()
 

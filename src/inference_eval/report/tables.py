@@ -112,12 +112,13 @@ def _bound_rows(bounds: str | Path | None) -> tuple[pd.DataFrame | None, str]:
     return frame[["model", "bound_s", "status", "reason"]].drop_duplicates("model"), ""
 
 
-def _bound_reason(model, bound_row: dict | None, missing: str, bounds) -> str:
-    """Why a row has no bound: the table is missing, has no row for its model, or its bound failed."""
+def _bound_reason(model, bound_row: dict | None, missing: str, bounds, bounded: list) -> str:
+    """Why a row has no bound: the table is missing, has no row for its model (``bounded``: the models
+    it has), or its bound failed."""
     if missing:
         return missing
     if bound_row is None:
-        return f"no roofline bound for {model} in {Path(bounds).name} (its rule bounds other models)"
+        return f"no roofline bound for {model} in {Path(bounds).name} (it bounds {', '.join(map(str, bounded)) or 'no model'})"
     if pd.isna(bound_row.get("bound_s")):
         status, reason = bound_row.get("status"), bound_row.get("reason")
         reason = "" if pd.isna(reason) else f": {reason}"
@@ -141,7 +142,8 @@ def dataset_table(records: Iterable[str | Path], bounds: str | Path | None = Non
     by_model = {} if bound is None else {m: r for m, r in zip(bound["model"], bound.to_dict("records"))}
     if bound is not None:
         table = table.drop(columns=["bound_s"]).merge(bound[["model", "bound_s"]], on="model", how="left")
-    table["bound_reason"] = [_bound_reason(m, by_model.get(m), missing, bounds) for m in table["model"]]
+    table["bound_reason"] = [_bound_reason(m, by_model.get(m), missing, bounds, list(by_model))
+                             for m in table["model"]]
     ok = (table["status"] == "ok") & table["total_time_s"].notna() & table["bound_s"].notna()
     table["efficiency"] = None
     table.loc[ok, "efficiency"] = (table.loc[ok, "bound_s"].astype(float)
