@@ -93,7 +93,7 @@ def test_thread_env_is_capped_at_usable_cores(monkeypatch):
 def test_throughput_figure_labels_synthetic_datasets():
     import pandas as pd
 
-    from inference_eval.report.tables import throughput_figure
+    from inference_eval.report.batch_figures import throughput_figure
 
     row = {"library_label": "TRF", "model": "tiny-llama", "token_throughput_tok_s": 10.0, "status": "ok"}
     fig = throughput_figure({"s2s": pd.DataFrame([{**row, "synthetic": True}]),

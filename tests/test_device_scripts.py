@@ -92,18 +92,6 @@ def test_step_probe_forecast_integrates_step_times_between_and_beyond_the_points
     assert forecast_s([(100, 0.02), (200, 0.04), (300, 0.04)], 0, 300) == pytest.approx(2 + 3 + 4)
 
 
-def test_model_tables_names_the_missing_record_and_rejects_a_bad_dataset_argument(tmp_path):
-    import sys
-
-    script = str(ROOT / "scripts" / "device" / "model_tables.py")
-    base = [sys.executable, script, "h200", "mistral-7b", "--main", "llama2-7b", "--results", str(tmp_path)]
-    missing = subprocess.run(base + ["--datasets", "s2s=200"], capture_output=True, text=True, timeout=120)
-    assert missing.returncode != 0
-    assert "no mistral-7b record for s2s" in missing.stderr
-    bad = subprocess.run(base + ["--datasets", "s2s"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "expected DATASET=ROWS" in bad.stderr
-
-
 def test_fairness_summary_puts_the_committed_rows_side_by_side(tmp_path):
     """FAIRNESS.md's numbers are the CSVs' own: vLLM's l2s row at 32 req/s before and after, and the gap to MII."""
     import sys

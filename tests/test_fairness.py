@@ -24,8 +24,8 @@ def _cfg(library="vllm", **over):
     return cfg
 
 
-def _record(tmp_path, name, manifest, status="ok", total=2.0, library="vllm"):
-    rec = {"kind": "batch", "library": library, "model": manifest.get("model", "tiny-llama"), "dataset": "s2s",
+def _record(tmp_path, name, manifest, status="ok", total=2.0, library="vllm", model=None):
+    rec = {"kind": "batch", "library": library, "model": model or manifest.get("model", "tiny-llama"), "dataset": "s2s",
            "hardware": manifest.get("hardware", "cpu"), "status": status, "reason": "", "total_time_s": total,
            "token_throughput_tok_s": 10.0 / total, "repeats": 3, "fairness": manifest}
     path = tmp_path / f"{name}.json"
@@ -116,7 +116,8 @@ def test_table_flags_the_row_that_differs_in_one_key_and_names_it(tmp_path, key)
     odd = copy.deepcopy(base)
     ONE_KEY_CHANGES[key](odd)
     paths = [_record(tmp_path, "a", base, library="vllm"), _record(tmp_path, "b", base, library="transformers"),
-             _record(tmp_path, "c", odd, library="llamacpp",
+             # the record is of the others' model (the table groups rows by it); only its manifest differs
+             _record(tmp_path, "c", odd, library="llamacpp", model=base["model"],
                      status="invalid" if key == "exact" else "ok")]
     table = dataset_table(paths).set_index("library")
     assert table.columns[0] == "comparable"

@@ -73,6 +73,27 @@ def test_dry_run_a100_table_plans_every_library(tmp_path):
     assert job_counts(text).get("batch_run") == 5
 
 
+def test_dry_run_table_reads_another_models_records_without_planning_its_other_libraries(tmp_path):
+    """A model outside the matrix joins the table (rules/report.smk, table_models) through the records it
+    has; its other libraries are not planned, and tensor-parallel rows stay out of the table."""
+    results = tmp_path / "results"
+    for lib in ("vllm", "vllm-tp2"):
+        rec = results / "a100" / "batch" / lib / "mistral-7b" / "s2s.json"
+        rec.parent.mkdir(parents=True)
+        rec.write_text("{}")
+    target = f"{results}/a100/s2s_table.csv"
+    out = snakemake(["-n", target, "--config", "model=llama2-7b"], results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if "rule dataset_table:" in b)
+    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    for lib in ("transformers", "vllm", "llamacpp", "mii", "trtllm"):
+        assert f"a100/batch/{lib}/llama2-7b/s2s.json" in inputs, lib
+    assert "a100/batch/vllm/mistral-7b/s2s.json" in inputs
+    assert "vllm-tp2" not in inputs and "transformers/mistral-7b" not in text
+    assert inputs.index("llama2-7b") < inputs.index("mistral-7b")  # the matrix's model first
+
+
 def test_unknown_config_value_stops_with_valid_choices(tmp_path):
     out = snakemake(["-n", "all", "--config", "model=llama-99b"], tmp_path / "results")
     assert out.returncode != 0

@@ -44,6 +44,9 @@ sm() {
 }
 # The libraries with a run record (ok or failed) for a model and dataset: a library the campaign did not
 # reach has no record and is left out of that table (results/<hw>/README.md says which, and why).
+# Records of other models for the same dataset (a second model that only some libraries ran, e.g.
+# Mistral-7B) join each table as their own group of rows without being planned (rules/report.smk,
+# table_models); their roofline bound is the <dataset>_bound.csv row of their model.
 ran() { ls results/$hw/batch/*/$1/$2.json 2>/dev/null | awk -F/ '{print $4}' | paste -sd, - || true; }
 tables=()
 for d in s2s l2s s2l; do
@@ -66,11 +69,6 @@ if [ -n "$profiled" ]; then
   sm llama2-7b "profiling.libraries=[$profiled]" "results/$hw/coefficients.csv" "results/$hw/figures/module_shares.png" \
     "results/$hw/figures/time_model_fit.png"
 fi
-# A second model (Mistral-7B, GQA) that only some libraries ran: its own tables and bound, beside llama2-7b.
-gqa=()
-for d in s2s l2s s2l; do ls results/$hw/batch/*/mistral-7b/$d.json >/dev/null 2>&1 && gqa+=("$d=$(limit $d)"); done
-[ ${#gqa[@]} -eq 0 ] || .venv/bin/python scripts/device/model_tables.py "$hw" mistral-7b --main llama2-7b \
-  --datasets "${gqa[@]}" --data-root "${DATA_ROOT:-$(realpath ../shared/data)}"
 # The rows kept from before the fair defaults beside their re-runs (results/<hw>/FAIRNESS.md).
 if [ -d "results/$hw/before-fairness" ]; then
   .venv/bin/python scripts/device/fairness_summary.py "results/$hw" > "results/$hw/.FAIRNESS.md.tmp" &&

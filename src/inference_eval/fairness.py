@@ -14,7 +14,10 @@ Three parts:
    exact-length result, model and hardware. Every batch record and serving row carries one.
 3. **The gate.** ``gate(rows)`` puts rows side by side only when their manifests agree on
    ``COMPARABILITY_KEYS``: each row gets ``comparable`` (bool) and ``comparability_reason`` (the keys
-   that differ, with the values). Rows without a manifest (records made before this module existed)
+   that differ, with the values). A table of several models is gated per model (``gate_groups``): rows
+   of different models sit in different groups of the table, not side by side, so they are never
+   "incomparable" with each other; inside a group the ``model`` key still catches a record whose
+   manifest names another model than the row. Rows without a manifest (records made before this module existed)
    are not comparable, with that reason. Rows that produced no result (failed, not installed) get
    ``comparable = None``: there is nothing to compare, and their status already says why.
 
@@ -334,6 +337,22 @@ def gate(manifests: Sequence[Mapping[str, Any] | None]) -> list[tuple[bool | Non
     return out
 
 
+def gate_groups(manifests: Sequence[Mapping[str, Any] | None],
+                groups: Sequence[Any]) -> list[tuple[bool | None, str]]:
+    """``gate`` run separately on each group of rows (``groups[i]`` is row i's group, e.g. its model),
+    answers in the rows' order: a row is compared only with the rows of its own group."""
+    if len(manifests) != len(groups):
+        raise ValueError(f"gate_groups: {len(manifests)} manifests but {len(groups)} group labels")
+    out: list[tuple[bool | None, str] | None] = [None] * len(manifests)
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(json.dumps(_clean(group), sort_keys=True, default=str), []).append(i)
+    for indices in members.values():
+        for i, flag in zip(indices, gate([manifests[i] for i in indices])):
+            out[i] = flag
+    return out  # type: ignore[return-value]
+
+
 def table_note(flags: Sequence[tuple[bool | None, str]]) -> str:
     """One line for a whole table: whether its rows can be read side by side."""
     bad = [f for f in flags if f[0] is False]
@@ -370,12 +389,14 @@ def manifest_from_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def gate_frame(frame):
     """``frame`` (serving rows of one dataset, every library) with ``comparable`` and
-    ``comparability_reason`` columns from the gate."""
+    ``comparability_reason`` columns from the gate, per model where the frame has a ``model`` column."""
     frame = frame.copy()
     if frame.empty:
         frame["comparable"], frame["comparability_reason"] = [], []
         return frame
-    flags = gate([manifest_from_row(r) for r in frame.to_dict("records")])
+    rows = frame.to_dict("records")
+    groups = [r.get("model") for r in rows] if "model" in frame else [None] * len(rows)
+    flags = gate_groups([manifest_from_row(r) for r in rows], groups)
     frame["comparable"] = [f[0] for f in flags]
     frame["comparability_reason"] = [f[1] for f in flags]
     return frame

@@ -55,10 +55,12 @@ def _reason(row) -> str:
 
 def batch_section(dataset: str, frame: pd.DataFrame) -> list[str]:
     """One dataset's batch table: per library and model the mean time, throughput and its 95 % interval,
-    efficiency against the roofline bound, status and reason."""
+    efficiency against its model's roofline bound, status and reason."""
     n = frame["n_requests"].dropna() if "n_requests" in frame else pd.Series(dtype=float)
     reps = frame["repeats"].dropna() if "repeats" in frame else pd.Series(dtype=float)
-    bound = frame["bound_s"].dropna() if "bound_s" in frame else pd.Series(dtype=float)
+    # each model's bound (a table holds one group of rows per model), in the table's order
+    bounds = (frame.dropna(subset=["bound_s"]).drop_duplicates("model")[["model", "bound_s"]].values.tolist()
+              if "bound_s" in frame and "model" in frame else [])
     meta = []
     if len(n):
         meta.append(f"{int(n.max())} requests")
@@ -66,8 +68,10 @@ def batch_section(dataset: str, frame: pd.DataFrame) -> list[str]:
         meta.append(f"{int(frame['requested_output_tokens'].max()):,} output tokens")
     if len(reps):
         meta.append(f"up to {int(reps.max())} timed repeats")
-    if len(bound):
-        meta.append(f"roofline bound {bound.iloc[0]:.3g} s")
+    if len(bounds) == 1:
+        meta.append(f"roofline bound {bounds[0][1]:.3g} s")
+    elif bounds:
+        meta.append("roofline bound " + ", ".join(f"{m} {b:.3g} s" for m, b in bounds))
     rows = []
     for _, r in frame.iterrows():
         rows.append([r.get("library_label") if isinstance(r.get("library_label"), str) else r.get("library"),

@@ -1,7 +1,10 @@
 """The dataset tables (the paper's Tables 2 and 3 in one): one row per library x model.
 
 Every planned run gives a row: a library that failed or is missing shows its status and reason
-(the paper's '-' cells), never a silent gap.
+(the paper's '-' cells), never a silent gap. A table of several models holds one group of rows per
+model (sorted by model, then library): the fairness gate compares rows within their model's group, and
+each row's roofline bound and efficiency are its own model's (``bound_reason`` says why a row has none).
+The throughput figure over these tables is ``inference_eval.report.batch_figures``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Iterable
 import pandas as pd
 
 from inference_eval import libraries
-from inference_eval.fairness import gate
+from inference_eval.fairness import gate_groups
 from inference_eval.records import BatchRecord
 
 TABLE_COLUMNS = [
@@ -27,7 +30,7 @@ TABLE_COLUMNS = [
     "requests_per_s", "load_time_s", "peak_memory_gb",
     # GPU energy over the timed repeats (NVML's counter; inference_eval.telemetry), empty with the reason
     "energy_j_per_token", "mean_power_w", "energy_reason",
-    "bound_s", "efficiency", "status", "reason", "comparability_reason", "prefix_caching", "batching",
+    "bound_s", "efficiency", "bound_reason", "status", "reason", "comparability_reason", "prefix_caching", "batching",
     "config_hash", "record",
 ]
 
@@ -42,7 +45,7 @@ def library_label(name: str | None, provenance: dict | None) -> str:
 
 # Columns derived in record_row or dataset_table; the others are the record's fields of the same name.
 _DERIVED = {"comparable", "comparability_reason", "prefix_caching", "batching", "library_label", "config_hash",
-            "record", "bound_s", "efficiency", "repeat_times_s", "repeat_note"}
+            "record", "bound_s", "efficiency", "bound_reason", "repeat_times_s", "repeat_note"}
 _RECORD_COLUMNS = [c for c in TABLE_COLUMNS if c not in _DERIVED]
 # Repeats whose times vary by more than this (coefficient of variation) are called out in repeat_note.
 UNSTABLE_CV = 0.10
@@ -96,92 +99,54 @@ def record_row(path: str | Path) -> dict:
     return row
 
 
+def _bound_rows(bounds: str | Path | None) -> tuple[pd.DataFrame | None, str]:
+    """The bound table's rows per model (first row of each), or None with the reason there is none."""
+    if bounds is None:
+        return None, "no roofline bound table was given"
+    if not Path(bounds).exists():
+        return None, f"no roofline bound table: {bounds} is missing"
+    frame = pd.read_csv(bounds)
+    for col in ("status", "reason"):
+        if col not in frame:
+            frame[col] = None
+    return frame[["model", "bound_s", "status", "reason"]].drop_duplicates("model"), ""
+
+
+def _bound_reason(model, bound_row: dict | None, missing: str, bounds, bounded: list) -> str:
+    """Why a row has no bound: the table is missing, has no row for its model (``bounded``: the models
+    it has), or its bound failed."""
+    if missing:
+        return missing
+    if bound_row is None:
+        return f"no roofline bound for {model} in {Path(bounds).name} (it bounds {', '.join(map(str, bounded)) or 'no model'})"
+    if pd.isna(bound_row.get("bound_s")):
+        status, reason = bound_row.get("status"), bound_row.get("reason")
+        reason = "" if pd.isna(reason) else f": {reason}"
+        return f"roofline bound {'not computed' if pd.isna(status) else status}{reason}"
+    return ""
+
+
 def dataset_table(records: Iterable[str | Path], bounds: str | Path | None = None) -> pd.DataFrame:
+    """One dataset's table: a row per record (``record_row``), gated within each model's rows
+    (``fairness.gate_groups``), with each model's roofline bound from ``bounds`` (a
+    ``<dataset>_bound.csv``, one row per model) and the efficiency bound / time."""
     rows = [record_row(p) for p in records]
-    flags = gate([r.pop("_manifest") for r in rows])
+    flags = gate_groups([r.pop("_manifest") for r in rows], [r.get("model") for r in rows])
     for row, (comparable, reason) in zip(rows, flags):
         row["comparable"], row["comparability_reason"] = comparable, reason
     table = pd.DataFrame(rows)
     for col in TABLE_COLUMNS:
         if col not in table.columns:
             table[col] = None
-    if bounds is not None and Path(bounds).exists():
-        bound = pd.read_csv(bounds)[["model", "bound_s"]].drop_duplicates("model")
-        table = table.drop(columns=["bound_s"]).merge(bound, on="model", how="left")
+    bound, missing = _bound_rows(bounds)
+    by_model = {} if bound is None else {m: r for m, r in zip(bound["model"], bound.to_dict("records"))}
+    if bound is not None:
+        table = table.drop(columns=["bound_s"]).merge(bound[["model", "bound_s"]], on="model", how="left")
+    table["bound_reason"] = [_bound_reason(m, by_model.get(m), missing, bounds, list(by_model))
+                             for m in table["model"]]
     ok = (table["status"] == "ok") & table["total_time_s"].notna() & table["bound_s"].notna()
     table["efficiency"] = None
     table.loc[ok, "efficiency"] = (table.loc[ok, "bound_s"].astype(float)
                                    / table.loc[ok, "total_time_s"].astype(float)).round(4)
     table = table[TABLE_COLUMNS].sort_values(["model", "library"], kind="stable").reset_index(drop=True)
     return table
-
-
-def throughput_figure(tables: dict[str, pd.DataFrame], title: str):
-    """Token throughput per library and dataset, with the 95 % interval over repeats as error bars.
-    Failed runs are marked with their status; rows the gate found not comparable are hatched and named
-    in a note under the plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    frames = []
-    for name, t in tables.items():
-        t = t.copy()
-        synthetic = "synthetic" in t and t["synthetic"].astype(str).str.lower().eq("true").any()
-        t["dataset"] = f"{name} (synthetic)" if synthetic else name
-        frames.append(t)
-    data = pd.concat(frames, ignore_index=True)
-    for col in ("token_throughput_ci95_lo_tok_s", "token_throughput_ci95_hi_tok_s", "comparable", "comparability_reason"):
-        if col not in data:
-            data[col] = None  # tables made before intervals and the gate existed
-    data["tok_s"] = pd.to_numeric(data["token_throughput_tok_s"], errors="coerce").where(data["status"] == "ok")
-    data["run"] = data["library_label"].astype(str) + " / " + data["model"].astype(str)
-    order = list(dict.fromkeys(data["dataset"]))
-    runs = list(dict.fromkeys(data["run"]))
-    width = 0.8 / max(1, len(runs))
-    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(tables) * len(runs))), 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    not_comparable = []
-    for i, run in enumerate(runs):
-        sub = data[data["run"] == run]
-        xs = [order.index(d) - 0.4 + width * (i + 0.5) for d in sub["dataset"]]
-        ys = sub["tok_s"].to_numpy(dtype=float)
-        lo = pd.to_numeric(sub["token_throughput_ci95_lo_tok_s"], errors="coerce").to_numpy(dtype=float)
-        hi = pd.to_numeric(sub["token_throughput_ci95_hi_tok_s"], errors="coerce").to_numpy(dtype=float)
-        err = np.vstack([np.where(np.isnan(lo), 0, ys - lo), np.where(np.isnan(hi), 0, hi - ys)])
-        err = np.nan_to_num(np.clip(err, 0, None))
-        flagged = sub["comparable"].astype(str).str.lower().eq("false").to_numpy()
-        colour = colours[i % len(colours)]
-        labelled = False
-        for x, y, e0, e1, bad in zip(xs, ys, err[0], err[1], flagged):
-            if np.isnan(y):
-                continue
-            ax.bar(x, y, width=width, color=colour, alpha=0.45 if bad else 1.0, hatch="//" if bad else None,
-                   edgecolor="dimgray" if bad else colour, label=None if labelled else run)
-            labelled = True
-            if e0 or e1:
-                ax.errorbar(x, y, yerr=[[e0], [e1]], color="black", capsize=3, linewidth=1)
-        for (_, r), bad in zip(sub.iterrows(), flagged):
-            if bad:
-                not_comparable.append(f"{r['dataset']} {run}: {str(r['comparability_reason'])[:110]}")
-    ax.set_xticks(range(len(order)), order)
-    ax.set_xlabel("dataset")
-    ax.set_ylabel("output tokens / s (batch)")
-    positive = data["tok_s"].dropna()
-    positive = positive[positive > 0]
-    if len(positive) and positive.max() / positive.min() > 50:
-        ax.set_yscale("log")  # libraries differ by orders of magnitude on small models
-    ax.set_title(title)
-    for _, r in data[data["status"] != "ok"].iterrows():
-        x = order.index(r["dataset"]) - 0.4 + width * (runs.index(r["run"]) + 0.5)
-        ax.text(x, ax.get_ylim()[0], str(r["status"]), rotation=90, ha="center", va="bottom", fontsize=7, color="dimgray")
-    ax.legend(fontsize=7, loc="upper right")
-    notes = ["error bars: 95 % Student-t interval over repeats (none where a row ran once)"]
-    if not_comparable:
-        notes.append("hatched: NOT comparable with the other rows of its dataset (fairness gate):")
-        notes += [f"  {n}" for n in not_comparable[:12]]
-    fig.text(0.01, 0.0, "\n".join(notes), fontsize=7, va="top", ha="left")
-    fig.tight_layout()
-    return fig
