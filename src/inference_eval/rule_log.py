@@ -8,9 +8,11 @@
 The duplication is at the file-descriptor level: file descriptors 1 and 2 point at pipes for the
 duration of the block, and one thread per pipe copies what arrives to the original stdout or stderr
 (the terminal keeps its progress output, each stream where it went before) and to the log. So output
-of child processes (batch workers, servers, compilers) and of C extensions is logged too, not only
-Python's ``print``. An exception that leaves the block is written to the log with its traceback, then
-raised again (Python prints it on the terminal as usual).
+of child processes (servers, Nsight Compute, compilers) and of C extensions is logged too, not only
+Python's ``print``; such children see a pipe, not a terminal, so a program that buffers its output
+when it is not on a terminal prints it in larger pieces. An exception that leaves the block is written
+to the log with its traceback, after the output before it, then raised again (Python prints it on the
+terminal as usual).
 
 The log is written as the output arrives, not renamed into place at the end: a job that is killed
 (SLURM's time or memory limit, Ctrl-C) keeps what it printed up to then, which is when a log matters.
