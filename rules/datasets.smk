@@ -1,24 +1,8 @@
 # The four task-shaped datasets (s2s, s2l, s16k, l2s), real or synthetic, and their length figures.
 #   results/datasets/<member>/rows.jsonl + manifest.json     member: s2s | s2s-synthetic | ... | l2s-synthetic
 #   results/datasets/figures/<variant>_lengths.png, results/datasets/<variant>_summary.csv   variant: synthetic | real
-DATASET_TASKS = ["s2s", "s2l", "s16k", "l2s"]
-
-
-def dataset_member_job(wildcards):
-    # Only what a build reads: a changed model or library config must not rebuild the datasets.
-    job = PIPELINE.job(dataset_member=wildcards.member)
-    return {key: job[key] for key in ("dataset", "data_root", "seed")}
-
-
-def dataset_source_files(wildcards):
-    """Local source files (explicit path or under data_root) so a changed source reruns the build."""
-    from inference_eval.datasets.sources import local_source_paths
-
-    return local_source_paths(dataset_member_job(wildcards))
-
-
-def dataset_variant_members(variant):
-    return [f"{task}-synthetic" if variant == "synthetic" else task for task in DATASET_TASKS]
+#   results/datasets/logs/<rule>/<member or variant>.log    the jobs' logs
+include: "datasets_functions.smk"
 
 
 rule build_dataset:
@@ -27,6 +11,8 @@ rule build_dataset:
     output:
         rows=f"{RESULTS}/datasets/{{member}}/rows.jsonl",
         manifest=f"{RESULTS}/datasets/{{member}}/manifest.json",
+    log:
+        f"{RESULTS}/datasets/logs/build_dataset/{{member}}.log",
     params:
         cfg=dataset_member_job,
     wildcard_constraints:
@@ -38,9 +24,8 @@ rule build_dataset:
 
 rule dataset_figures:
     input:
-        rows=lambda wc: expand(f"{RESULTS}/datasets/{{member}}/rows.jsonl", member=dataset_variant_members(wc.variant)),
-        manifests=lambda wc: expand(f"{RESULTS}/datasets/{{member}}/manifest.json",
-                                    member=dataset_variant_members(wc.variant)),
+        rows=dataset_variant_files("rows.jsonl"),
+        manifests=dataset_variant_files("manifest.json"),
     output:
         figure=report(f"{RESULTS}/datasets/figures/{{variant}}_lengths.png", caption="../report/datasets_lengths.rst",
                       category="Datasets", subcategory="{variant}", labels={"shows": "length distributions (figure)"}),

@@ -8,24 +8,18 @@ from inference_eval import environments as _environments  # noqa: E402
 
 ENVS_DIR = str(PIPELINE.root.get("envs_dir") or _environments.DEFAULT_ENVS_DIR)
 
-
-def env_targets(hardware):
-    """The env.json of every matrix library's environment on `hardware` (none where library.env is none)."""
-    try:
-        return _environments.env_targets(PIPELINE.job(library=lib, hardware=hardware) for lib in PIPELINE.libraries)
-    except ValueError as exc:
-        raise WorkflowError(f"configuration error: {exc}")
+include: "envs_functions.smk"
 
 
 rule env_build:
     input:
-        lock=lambda wc: str(_environments.lock_path(wc.lock)),
+        lock=env_lock_file,
     output:
         f"{ENVS_DIR}/{{lock,[A-Za-z0-9_.]+-(?:cpu|cuda)}}-{{env_sha,[0-9a-f]{{12}}}}/{_environments.STATUS_FILE}",
     log:
         f"{ENVS_DIR}/logs/{{lock}}-{{env_sha}}.log",
     params:
-        envs_dir=ENVS_DIR,
+        envs_dir=envs_root,
     localrule: True
     script:
         "../workflow_scripts/build_env.py"

@@ -1,17 +1,15 @@
 # Model preparation: HF config folders (no weights), random weights where a server needs files,
 # GGUF for llama.cpp, TensorRT-LLM engine builds. Paths are the ones `model_files()` (common.smk) names.
-
-
-def model_job(wildcards, *sections, **choices):
-    """Only the config sections a models job depends on, so that e.g. a dataset override does not
-    rebuild every model file (params are part of Snakemake's rerun check)."""
-    cfg = PIPELINE.job(model=wildcards.model, **choices)
-    return {k: cfg[k] for k in sections}
+# Logs: results/models/logs/<rule>/<model>[_<dtype>].log; the engine build's beside its hardware's
+# results, results/<hw>/logs/trtllm_engine/<library>_<model>.log.
+include: "models_functions.smk"
 
 
 rule prepare_model:
     output:
         config=f"{RESULTS}/models/{{model}}/hf/config.json",
+    log:
+        f"{RESULTS}/models/logs/prepare_model/{{model}}.log",
     params:
         cfg=lambda wc: model_job(wc, "model", "seed"),
     localrule: True
@@ -24,6 +22,8 @@ rule prepare_model:
 rule model_weights:
     output:
         weights=f"{RESULTS}/models/{{model}}/weights/model.safetensors",
+    log:
+        f"{RESULTS}/models/logs/model_weights/{{model}}.log",
     params:
         cfg=lambda wc: model_job(wc, "model", "seed"),
     script:
@@ -33,6 +33,8 @@ rule model_weights:
 rule gguf:
     output:
         gguf=f"{RESULTS}/models/{{model}}/gguf/{{dtype}}.gguf",
+    log:
+        f"{RESULTS}/models/logs/gguf/{{model}}_{{dtype}}.log",
     wildcard_constraints:
         dtype="f32|f16|bf16",
     params:
@@ -43,20 +45,13 @@ rule gguf:
 
 # Always writes its record: status ok with the engine folder, or not_installed / unsupported / failed
 # with the reason (the batch row then carries it).
-def trtllm_engine_inputs(wildcards):
-    # The engine build needs weights on disk; where TensorRT-LLM is not importable the build only
-    # records "not installed", so a 7B weights file (13 GB) is not written just for that.
-    files = {"hf": f"{RESULTS}/models/{wildcards.model}/hf/config.json"}
-    if importable("tensorrt_llm"):
-        files["weights"] = f"{RESULTS}/models/{wildcards.model}/weights/model.safetensors"
-    return files
-
-
 rule trtllm_engine:
     input:
         unpack(trtllm_engine_inputs),
     output:
         record=f"{RESULTS}/{{hardware}}/engines/{{library}}/{{model}}/engine.json",
+    log:
+        f"{RESULTS}/{{hardware}}/logs/trtllm_engine/{{library}}_{{model}}.log",
     wildcard_constraints:
         library="trtllm(-tp[0-9]+)?",  # trtllm-tp<N>: an engine built for N GPUs
     params:

@@ -6,48 +6,15 @@
 #   results/{hw}/{dataset}_bound_tp{t}.csv                        the bound on t GPUs
 #   results/{hw}/tensor_parallel/{dataset}_scaling.csv            speed-up, scaling efficiency, efficiency vs bound
 #   results/{hw}/figures/tensor_parallel.png                      the same as a figure
-from inference_eval.theory.parallel import memory_check_for_config  # noqa: E402
-
-
-def tp_degrees():
-    return sorted(set(int(t) for t in (PIPELINE.matrix.get("tensor_parallel") or [1])))
-
-
-def tp_plan(hardware, dataset):
-    """Every library x model x degree of the matrix: its record path, or (when the model's weights do not
-    fit the degree's GPUs, the memory check) no record and the check's reason."""
-    out = []
-    for m in PIPELINE.models:
-        for lib in PIPELINE.libraries:
-            for t in tp_degrees():
-                choice = library_choice(lib, t)
-                entry = {"library": lib, "model": m, "dataset": dataset, "hardware": hardware, "tensor_parallel": t}
-                fit = memory_check_for_config(PIPELINE.job(hardware=hardware, library=choice, model=m))
-                if fit["fits"]:  # a run SLURM killed: its failure record (rules/resources.smk)
-                    entry["record"] = record_or_slurm_failure(f"{RESULTS}/{hardware}/batch/{choice}/{m}/{dataset}.json")
-                else:
-                    entry.update(record=None, status="does_not_fit", reason=fit["reason"])
-                out.append(entry)
-    return out
-
-
-def tp_bound_path(hardware, dataset, t):
-    return f"{RESULTS}/{hardware}/{dataset}_bound.csv" if t == 1 else f"{RESULTS}/{hardware}/{dataset}_bound_tp{t}.csv"
-
-
-def tensor_parallel_targets(hardware):
-    if tp_degrees() == [1]:
-        return []
-    out = [f"{RESULTS}/{hardware}/tensor_parallel/{d}_scaling.csv" for d in PIPELINE.datasets]
-    out.append(f"{RESULTS}/{hardware}/figures/tensor_parallel.png")
-    out += [f"{RESULTS}/{hardware}/theory/{m}_ops_b{THEORY_BATCH}_s{THEORY_SEQ}_tp{t}.csv"
-            for m in PIPELINE.models for t in tp_degrees() if t > 1]
-    return out
+#   results/{hw}/logs/<rule>/...                                  the jobs' logs
+include: "tensor_parallel_functions.smk"
 
 
 rule theory_ops_tp:
     output:
-        table=RESULTS + "/{hardware}/theory/{model}_ops_b{batch,[0-9]+}_s{seq,[0-9]+}_tp{degree,[0-9]+}.csv",
+        table=f"{RESULTS}/{{hardware}}/theory/{{model}}_ops_b{{batch,[0-9]+}}_s{{seq,[0-9]+}}_tp{{degree,[0-9]+}}.csv",
+    log:
+        f"{RESULTS}/{{hardware}}/logs/theory_ops_tp/{{model}}_ops_b{{batch}}_s{{seq}}_tp{{degree}}.log",
     params:
         cfg=lambda wc: job_params(wc),
         causal=theory_causal(),
@@ -60,9 +27,11 @@ rule dataset_bound_tp:
     input:
         rows=dataset_rows,
     output:
-        bound=RESULTS + "/{hardware}/{dataset}_bound_tp{degree,[0-9]+}.csv",
+        bound=f"{RESULTS}/{{hardware}}/{{dataset}}_bound_tp{{degree,[0-9]+}}.csv",
+    log:
+        f"{RESULTS}/{{hardware}}/logs/dataset_bound_tp/{{dataset}}_tp{{degree}}.log",
     params:
-        cfgs=lambda wc: {m: job_config(dataset=wc.dataset, hardware=wc.hardware, model=m) for m in PIPELINE.models},
+        cfgs=dataset_bound_cfgs,
     localrule: True
     script:
         "../workflow_scripts/dataset_bound.py"
@@ -70,10 +39,12 @@ rule dataset_bound_tp:
 
 rule tensor_parallel_table:
     input:
-        records=lambda wc: [e["record"] for e in tp_plan(wc.hardware, wc.dataset) if e["record"]],
-        bounds=lambda wc: [tp_bound_path(wc.hardware, wc.dataset, t) for t in tp_degrees()],
+        records=tp_records,
+        bounds=tp_bounds,
     output:
         f"{RESULTS}/{{hardware}}/tensor_parallel/{{dataset}}_scaling.csv",
+    log:
+        f"{RESULTS}/{{hardware}}/logs/tensor_parallel_table/{{dataset}}.log",
     params:
         planned=lambda wc: tp_plan(wc.hardware, wc.dataset),
         degrees=tp_degrees(),
@@ -87,6 +58,8 @@ rule tensor_parallel_figure:
         tables=expand(f"{RESULTS}/{{{{hardware}}}}/tensor_parallel/{{dataset}}_scaling.csv", dataset=PIPELINE.datasets),
     output:
         f"{RESULTS}/{{hardware}}/figures/tensor_parallel.png",
+    log:
+        f"{RESULTS}/{{hardware}}/logs/tensor_parallel_figure.log",
     params:
         datasets=PIPELINE.datasets,
     localrule: True

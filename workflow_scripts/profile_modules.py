@@ -5,14 +5,16 @@ from pathlib import Path
 
 from inference_eval.hardware import cap_thread_env, ensure_local_hardware
 from inference_eval.profiling.workflow import profile_library
+from inference_eval.rule_log import tee_to_log
 
-cfg = snakemake.params.cfg
-ensure_local_hardware(snakemake.wildcards.hardware, bool(cfg.get("allow_foreign_hardware")))
-cap_thread_env()
+with tee_to_log(snakemake.log[0]):
+    cfg = snakemake.params.cfg
+    ensure_local_hardware(snakemake.wildcards.hardware, bool(cfg.get("allow_foreign_hardware")))
+    cap_thread_env()
 
-hf = getattr(snakemake.input, "hf", None)
-outputs = {key: str(getattr(snakemake.output, key)) for key in
-           ("prefill_seq", "prefill_batch", "decode_seq", "decode_batch", "points", "record")}
-record = profile_library(cfg, snakemake.wildcards.variant, outputs, hf_dir=str(Path(hf).parent) if hf else None)
-print(f"modules {record['library']}/{record['model']}: {record['status']} {record['reason']}"
-      f" (ncu: {record['ncu']['status']})")
+    hf = getattr(snakemake.input, "hf", None)
+    outputs = {key: str(getattr(snakemake.output, key)) for key in
+               ("prefill_seq", "prefill_batch", "decode_seq", "decode_batch", "points", "record")}
+    record = profile_library(cfg, snakemake.wildcards.variant, outputs, hf_dir=str(Path(hf).parent) if hf else None)
+    print(f"modules {record['library']}/{record['model']}: {record['status']} {record['reason']}"
+          f" (ncu: {record['ncu']['status']})")
