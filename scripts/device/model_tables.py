@@ -7,7 +7,8 @@ plus a figure of both models for the libraries that ran both. report.sh runs it 
 report.sh builds); by hand:
 
     .venv/bin/python scripts/device/model_tables.py h200 mistral-7b --main llama2-7b \
-        --datasets s2s=200 l2s=64 s2l=16 --data-root ../shared/data
+        --datasets s2s=ROWS l2s=ROWS s2l=ROWS --data-root ../shared/data
+    (ROWS: each dataset's seeded subset, `python -m inference_eval.campaign limit h200 s2s`)
     -> results/h200/<model>/<dataset>_bound.csv, <dataset>_table.csv, figures/throughput_vs_<main>.png
 """
 
@@ -29,7 +30,7 @@ from inference_eval.theory.workflow import write_bound_table  # noqa: E402
 def dataset_limit(text: str) -> tuple[str, int]:
     name, _, limit = text.partition("=")
     if not name or not limit.isdigit():
-        raise argparse.ArgumentTypeError(f"expected DATASET=ROWS (e.g. s2s=200), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected DATASET=ROWS (a task key and its row limit), got {text!r}")
     return name, int(limit)
 
 

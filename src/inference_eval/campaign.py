@@ -11,9 +11,10 @@ the row limit in their path, so each call carries exactly one ``dataset.limit``.
     python -m inference_eval.campaign parts h200                   parts, estimated seconds, calls
     python -m inference_eval.campaign targets h200 PART [DATASET]  Snakemake targets (--results DIR)
     python -m inference_eval.campaign overrides h200 PART [DATASET] the overrides= of one call
-    python -m inference_eval.campaign calls h200 PART              one line per Snakemake call (for scripts)
+    python -m inference_eval.campaign calls h200 PART              one line per Snakemake call (campaign.sh)
     python -m inference_eval.campaign files h200 PART              the model files the part's jobs read
     python -m inference_eval.campaign limit h200 DATASET           the rows of DATASET's seeded subset
+    python -m inference_eval.campaign budget h200                  call_budget_s
 
 ``scripts/device/campaign.sh run PART`` runs a part on the lent GPU; docs/campaign.md says how.
 """
@@ -311,24 +312,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     for cmd, helptext in (("parts", "the parts with their estimated seconds"),
                           ("targets", "the Snakemake targets of a part (all datasets, or one)"),
                           ("overrides", "the overrides= string of one Snakemake call"),
-                          ("calls", "one tab-separated line per call: dataset (- for none), model, overrides"),
+                          ("calls", "one tab-separated line per Snakemake call: dataset (- for none), model, library, "
+                                    "scenario, background (1/0), overrides, targets"),
                           ("files", "the model files the part's jobs read"),
-                          ("limit", "the rows of a dataset's seeded subset")):
+                          ("limit", "the rows of a dataset's seeded subset"),
+                          ("budget", "the seconds one call's Snakemake runs may take (call_budget_s)")):
         p = sub.add_parser(cmd, help=helptext)
         p.add_argument("campaign", help="a conf/campaign member (h200) or a campaign file")
         if cmd == "limit":
             p.add_argument("dataset")
-        elif cmd != "parts":
+        elif cmd not in ("parts", "budget"):
             p.add_argument("part")
             if cmd in ("targets", "overrides"):
                 p.add_argument("dataset", nargs="?")
-        if cmd in ("targets", "files"):
+        if cmd in ("targets", "files", "calls"):
             p.add_argument("--results", default="results", help="the results_dir of the Snakemake call")
     args = ap.parse_args(argv)
     try:
         c = load(args.campaign)
         if args.cmd == "parts":
             print(_parts_table(c))
+        elif args.cmd == "budget":
+            print(c.call_budget_s)
         elif args.cmd == "limit":
             print(c.limit(args.dataset))
         elif args.cmd == "targets":
@@ -338,8 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "files":
             print("\n".join(c.model_files(args.part, args.results)))
         else:
+            p = c.part(args.part)
             for d in c.calls(args.part):
-                print("\t".join([d or "-", c.part(args.part).model, override_string(c.overrides(args.part, d))]))
+                print("\t".join([d or "-", p.model, p.library, p.scenario, "1" if p.background else "0",
+                                 override_string(c.overrides(args.part, d)), " ".join(c.targets(p.name, d, args.results))]))
     except CampaignError as exc:
         print(f"campaign: {exc}", file=sys.stderr)
         return 2
