@@ -244,8 +244,8 @@ def _cross_key_errors(raw: Mapping[str, Any], where: str) -> list[str]:
     def unknown(key: str, values: Sequence[str], valid: Sequence[str], what: str) -> None:
         bad = [v for v in values if v not in valid]
         if bad:
-            out.append(f"campaign key {key} = {', '.join(map(repr, bad))} is not {what}{where}; "
-                       f"valid: {', '.join(valid) or 'none'}")
+            out.append(f"campaign key {key} = {', '.join(map(repr, bad))} is not {what}; "
+                       f"valid: {', '.join(valid) or 'none'}{where}")
 
     unknown("hardware", [raw["hardware"]], members("hardware"), "a conf/hardware member")
     unknown("models", raw["models"], members("model"), "a conf/model member")

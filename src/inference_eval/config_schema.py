@@ -16,6 +16,7 @@ Checks that span several keys follow the schema: a dataset's ``source`` must be 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -146,7 +147,9 @@ def _message(group: str, error, where: str) -> str:
     root = schema(group)
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         allowed = set(error.schema.get("properties") or {})
-        extra = sorted(str(k) for k in error.instance if k not in allowed)
+        patterns = [re.compile(p) for p in error.schema.get("patternProperties") or {}]
+        extra = sorted(str(k) for k in error.instance
+                       if k not in allowed and not any(p.search(str(k)) for p in patterns))
         prefix = f"{key}." if key else ""
         return (f"unknown config key {', '.join(prefix + k for k in extra)}{where}; valid {key or 'root'} keys: "
                 f"{', '.join(sorted(allowed))}")
