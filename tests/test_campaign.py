@@ -134,7 +134,7 @@ def _write(tmp_path: Path, edit) -> Path:
     (lambda r: r.update(libraries=r["libraries"] + ["vllmm"]), r"libraries = 'vllmm' is not a conf/library member; valid: .*vllm"),
     (lambda r: r.update(models=r["models"] + ["llama3-8b"]), r"models = 'llama3-8b' is not a conf/model member"),
     (lambda r: r.update(hardware="b200"), r"hardware = 'b200' is not a conf/hardware member"),
-    (lambda r: r["parts"]["vllm-7b-batch"].update(library="trtllm"), r"parts\.vllm-7b-batch\.library = 'trtllm' is not a campaign library"),
+    (lambda r: r["libraries"].remove("mii"), r"parts\.mii-7b-batch\.library = 'mii' is not a campaign library; valid: transformers, vllm, llamacpp, trtllm"),
     (lambda r: r["parts"]["vllm-7b-batch"].update(model="llama2-70b"), r"parts\.vllm-7b-batch\.model = 'llama2-70b' is not a campaign model"),
     (lambda r: r["parts"]["vllm-13b-serving"].update(datasets=["l2s", "s16"]), r"datasets\[1\] = 's16' is not allowed"),
     (lambda r: (r["datasets"].pop("s2l"), None), r"parts\.llamacpp-7b-batch\.datasets = 's2l' is not a campaign dataset; valid: \S+, \S+, \S+ \["),
