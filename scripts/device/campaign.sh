@@ -31,7 +31,7 @@
 #   tp DATASET...        tensor parallel on a multi-GPU kind (GPUS, default 2; docs/tensor-parallel.md)
 set -uo pipefail
 step=${1:?step}
-CAMPAIGN=/root/campaign
+CAMPAIGN=${CAMPAIGN_DIR:-/root/campaign}   # on the machine, outside the re-sent checkout
 RESULTS=$CAMPAIGN/results
 mkdir -p "$CAMPAIGN"
 # The sources and tokenizer are copied once per machine: a fresh copy each call would date the sources after
