@@ -22,11 +22,11 @@ def test_device_script_parses(script):
     assert proc.returncode == 0, proc.stderr
 
 
-def _helpers() -> str:
-    """campaign.sh's `background` and `await` functions, as text to source."""
+def _helpers(names=("background", "await")) -> str:
+    """campaign.sh's functions ``names`` (default its background helpers), as text to source."""
     text = (ROOT / "scripts" / "device" / "campaign.sh").read_text()
-    found = [re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.S | re.M) for name in ("background", "await")]
-    assert all(found), "campaign.sh lost its background/await helpers"
+    found = [re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.S | re.M) for name in names]
+    assert all(found), f"campaign.sh lost one of its functions {names}"
     return "".join(m.group(0) for m in found)
 
 
@@ -70,6 +70,109 @@ SECONDS=0; await slow 5; echo "rc=$? waited=$SECONDS"
     assert "not done" in proc.stdout
     rc, waited = re.search(r"rc=(\d+) waited=(\d+)", proc.stdout).groups()
     assert rc == "1" and 5 <= int(waited) < 15
+
+
+# -- `run PART`: the part's calls come from the campaign config ------------------------------------------------
+def _run_part(tmp_path: Path, body: str, sm_rc: str = "0", budget: int = 100) -> subprocess.CompletedProcess:
+    """campaign.sh's run_part, quiet and background helpers with the machine's parts stubbed: Snakemake (sm)
+    echoes its call and makes its targets (or returns ``sm_rc``), the engines and packing only say so."""
+    import sys
+
+    stubs = f"""
+set -u
+CAMPAIGN={tmp_path}/campaign OUT={tmp_path}/out RESULTS={tmp_path}/results HW=h200 CAMPAIGN_NAME=h200
+mkdir -p $CAMPAIGN $OUT
+arg_budget={budget} budget={budget} start=$(date +%s)
+left() {{ echo $(( budget - ($(date +%s) - start) )); }}
+campaign() {{ PYTHONPATH={ROOT / 'src'} {sys.executable} -m inference_eval.campaign "$1" "$CAMPAIGN_NAME" "${{@:2}}"; }}
+setup_python() {{ :; }}
+engine_env() {{ echo "engine $1"; }}
+pack() {{ echo packed; }}
+sm() {{
+  echo "sm model=$1 ov=$2 targets=${{*:3}}"
+  r={sm_rc}; [ "$r" = 0 ] || return "$r"
+  for t in "${{@:3}}"; do mkdir -p "$(dirname "$t")"; : > "$t"; done
+}}
+"""
+    script = stubs + _helpers(("background", "await", "quiet", "run_part")) + body
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def _calls(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("sm ")]
+
+
+def test_run_part_makes_one_snakemake_call_per_dataset_with_its_limit_and_schedule(tmp_path):
+    proc = _run_part(tmp_path, 'SERVE_EXTRA="scenario.port=8000" run_part vllm-7b-serving; echo "rc=$?"')
+    calls = _calls(proc.stdout)
+    assert "rc=0" in proc.stdout and "engine vllm" in proc.stdout, proc.stdout + proc.stderr
+    assert len(calls) == 2
+    assert "dataset.limit=200 scenario.num_requests=160 scenario.rates=[2.0,8.0,32.0]" in calls[0]
+    assert calls[0].endswith(f"scenario.port=8000 targets={tmp_path}/results/h200/serving/vllm_llama2-7b_s2s.csv")
+    assert "dataset.limit=64" in calls[1] and calls[1].endswith("vllm_llama2-7b_l2s.csv")
+    assert proc.stdout.count("packed") == 2  # after each dataset
+    # the same call again: the targets exist now, and Snakemake (not the script) skips them
+    again = _run_part(tmp_path, "DATASETS=l2s run_part vllm-7b-serving; echo \"rc=$?\"")
+    assert len(_calls(again.stdout)) == 1 and "dataset.limit=64" in _calls(again.stdout)[0]
+
+
+def test_run_part_batch_calls_carry_the_repeats_and_its_warmup_setting(tmp_path):
+    proc = _run_part(tmp_path, 'run_part llamacpp-7b-batch; echo "rc=$?"')
+    calls = _calls(proc.stdout)
+    assert [c.split("targets=")[1].rsplit("/", 1)[1] for c in calls] == ["s2s.json", "l2s.json", "s2l.json"]
+    assert all("scenario.repeats=3 scenario.warmup_repeats=0" in c for c in calls) and "rc=0" in proc.stdout
+
+
+def test_run_part_stops_with_rc_124_when_its_budget_runs_out(tmp_path):
+    """rc 124 (Snakemake stopped by the budget's timeout) means: send the same call again."""
+    proc = _run_part(tmp_path, 'run_part vllm-13b-batch; echo "rc=$?"', sm_rc="124")
+    assert len(_calls(proc.stdout)) == 1 and "rc=124" in proc.stdout
+    spent = _run_part(tmp_path, 'run_part vllm-13b-batch; echo "rc=$?"', budget=20)
+    assert not _calls(spent.stdout) and "rc=124" in spent.stdout and "no time left" in spent.stdout
+
+
+def test_run_part_goes_on_after_a_failed_dataset_and_returns_its_rc(tmp_path):
+    proc = _run_part(tmp_path, 'run_part trf-13b-batch; echo "rc=$?"', sm_rc="1")
+    assert len(_calls(proc.stdout)) == 3 and "rc=1" in proc.stdout
+
+
+def test_run_part_waits_for_background_work_before_timed_runs(tmp_path):
+    proc = _run_part(tmp_path, """
+background build bash -c 'sleep 2; echo built > {out}/built'
+sm() {{ [ -f {out}/built ] && echo "sm after the build: $3"; }}
+run_part trtllm-7b-batch; echo "rc=$?"
+""".format(out=tmp_path))
+    assert proc.stdout.count("sm after the build") == 3 and "rc=0" in proc.stdout, proc.stdout + proc.stderr
+    late = _run_part(tmp_path, """
+background slow sleep 30
+run_part trtllm-7b-batch; echo "rc=$?"
+""", budget=5)
+    assert not _calls(late.stdout) and "rc=124" in late.stdout and "slow still running" in late.stdout
+
+
+def test_a_modules_part_runs_beside_background_work(tmp_path):
+    """Per-op profiles time device kernels, which CPU work does not change: they need not wait."""
+    proc = _run_part(tmp_path, """
+SECONDS=0; background slow sleep 20
+run_part vllm-modules; echo "rc=$? waited=$SECONDS"
+""")
+    calls = _calls(proc.stdout)
+    assert len(calls) == 1 and "profiling.model=llama2-7b" in calls[0] and "rc=0" in proc.stdout
+    assert calls[0].endswith("/results/h200/modules/vllm.json")
+    assert int(re.search(r"waited=(\d+)", proc.stdout).group(1)) < 15
+
+
+def test_run_part_starts_a_part_longer_than_a_call_in_the_background(tmp_path):
+    body = """
+tree_copy() { echo "$CAMPAIGN/tree-$1"; }
+background() { echo "background $*"; : > "$CAMPAIGN/$1.log"; echo 0 > "$CAMPAIGN/$1.rc"; }
+run_part trf-vicuna7b-s16k; echo "rc=$?"
+"""
+    proc = _run_part(tmp_path, body)
+    assert "rc=0" in proc.stdout, proc.stdout + proc.stderr
+    started = next(line for line in proc.stdout.splitlines() if line.startswith("background run-trf-vicuna7b-s16k"))
+    assert "BG_SELF=run-trf-vicuna7b-s16k" in started and "campaign.sh run trf-vicuna7b-s16k 3000" in started
+    assert not _calls(proc.stdout)  # the background call runs the part itself
 
 
 def _probe_module():

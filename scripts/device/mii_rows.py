@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
 HW, MODEL = "h200", "llama2-7b"
-LIMITS = {"s2s": 200, "l2s": 64, "s2l": 16}
 # The vLLM rows' schedule at the two rates that fit one short call: the same requests and arrivals.
 SERVE = ["scenario.num_requests=160", "scenario.rates=[8.0,32.0]", "scenario.drop_first=10", "scenario.drop_last=10"]
 # (kind, dataset, seconds it needs at least: load + run, as measured on the H200)
@@ -37,13 +36,15 @@ RESULTS = "/root/campaign/results"
 
 
 def prepare(out: Path) -> None:
+    from inference_eval.campaign import load
     from inference_eval.config import PipelineConfig
 
+    limits = load(HW).limits  # the campaign's seeded subsets (conf/campaign/h200.yaml)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for kind, dataset, need in JOBS:
         overrides = ["matrix.dataset_variant=real", "data_root=/root/campaign/data", f"results_dir={RESULTS}",
-                     f"dataset.limit={LIMITS[dataset]}"] + (SERVE if kind == "serving" else [])
+                     f"dataset.limit={limits[dataset]}"] + (SERVE if kind == "serving" else [])
         pipe = PipelineConfig.from_snakemake({"model": MODEL, "hardware": HW, "overrides": " ".join(overrides)})
         cfg = pipe.job(dataset=dataset, library="mii", model=MODEL, hardware=HW, scenario=kind)
         built = REPO / "results" / "datasets" / dataset

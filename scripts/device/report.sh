@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 hw=${1:?hardware key}; shift
 for tgz in "$@"; do tar xzf "$tgz" -C .; done
-limit() { case $1 in s2s) echo 200;; l2s) echo 64;; s2l) echo 16;; s16k) echo 2;; esac; }
+# The seeded subsets' rows per dataset: the campaign's (conf/campaign/<CAMPAIGN_NAME>.yaml, default the hardware
+# key; the H100 column ran the same subsets: CAMPAIGN_NAME=h200 for it).
+limit() { PYTHONPATH=src .venv/bin/python -m inference_eval.campaign limit "${CAMPAIGN_NAME:-$hw}" "$1"; }
 # The campaign's datasets are git-ignored: a fresh clone builds those the step archives did not bring
 # (the same seeded subsets from the same sources, so the same rows; DATA_ROOT: the sources' folder).
 for d in s2s l2s s2l s16k; do
@@ -54,7 +56,7 @@ for d in s2s l2s s2l; do
   sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$libs]" "results/$hw/${d}_table.csv"; tables+=("$d")
 done
 libs=$(ran vicuna-7b-16k s16k)
-[ -z "$libs" ] || sm vicuna-7b-16k "dataset.limit=2 matrix.libraries=[$libs]" "results/$hw/s16k_table.csv"
+[ -z "$libs" ] || sm vicuna-7b-16k "dataset.limit=$(limit s16k) matrix.libraries=[$libs]" "results/$hw/s16k_table.csv"
 sm llama2-7b "" "results/$hw/theory/llama2-7b_ops_b8_s512.csv" "results/$hw/theory/llama2-7b_roofline.png"
 # The throughput figure over the tables made above (its rule reads only the tables).
 all=$(IFS=,; echo "${tables[*]}")

@@ -51,7 +51,7 @@ def overrides_from_snakemake(config: Mapping[str, Any]) -> list[str]:
     """Turn Snakemake's ``--config`` mapping into Hydra overrides.
 
     ``--config model=llama2-13b`` becomes ``model=llama2-13b``; dotted keys, which Snakemake's
-    ``--config`` cannot carry, go in one key: ``--config overrides="dataset.limit=64 seed=1"``
+    ``--config`` cannot carry, go in one key: ``--config overrides="dataset.limit=100 seed=1"``
     (a YAML list works too).
     """
     out: list[str] = []

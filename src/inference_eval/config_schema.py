@@ -16,6 +16,7 @@ Checks that span several keys follow the schema: a dataset's ``source`` must be 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -146,7 +147,9 @@ def _message(group: str, error, where: str) -> str:
     root = schema(group)
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         allowed = set(error.schema.get("properties") or {})
-        extra = sorted(str(k) for k in error.instance if k not in allowed)
+        patterns = [re.compile(p) for p in error.schema.get("patternProperties") or {}]
+        extra = sorted(str(k) for k in error.instance
+                       if k not in allowed and not any(p.search(str(k)) for p in patterns))
         prefix = f"{key}." if key else ""
         return (f"unknown config key {', '.join(prefix + k for k in extra)}{where}; valid {key or 'root'} keys: "
                 f"{', '.join(sorted(allowed))}")
@@ -187,10 +190,16 @@ def errors(cfg: Mapping[str, Any], members: Mapping[str, str] | None = None) -> 
         if group != ROOT and not isinstance(instance, Mapping):
             continue  # the root schema reports a group that is not a mapping
         where = f" [conf/{group}/{members[group]}.yaml or an override]" if group in members else ""
-        found = sorted((inner for e in validator(group).iter_errors(instance) for inner in _innermost(e)),
-                       key=lambda e: [str(p) for p in e.absolute_path])
-        out += [_message(group, e, where) for e in found]
+        out += instance_errors(group, instance, where)
     return out
+
+
+def instance_errors(name: str, instance: Any, where: str = "") -> list[str]:
+    """Every violation of ``conf/schema/<name>.yaml`` by ``instance``, one message each naming the key
+    (prefixed by ``name`` unless it is the root config), the value and what is allowed, then ``where``."""
+    found = sorted((inner for e in validator(name).iter_errors(instance) for inner in _innermost(e)),
+                   key=lambda e: [str(p) for p in e.absolute_path])
+    return [_message(name, e, where) for e in found]
 
 
 def cross_key_errors(cfg: Mapping[str, Any], model_members: tuple[str, ...]) -> list[str]:
