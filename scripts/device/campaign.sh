@@ -41,7 +41,8 @@ mkdir -p "$CAMPAIGN"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$CAMPAIGN/tokcache VLLM_USE_FLASHINFER_SAMPLER=0
 HW=${HW:-$(PYTHONPATH=src python3 -c 'from inference_eval.hardware import detect_hardware; print(detect_hardware())')}
 CAMPAIGN_NAME=${CAMPAIGN_NAME:-$HW}
-campaign() { PYTHONPATH=$PWD/src:/tmp/pksite python3 -m inference_eval.campaign "$1" "$CAMPAIGN_NAME" "${@:2}"; }
+# The campaign's parts on this machine's hardware (HW): another GPU runs the same rows and schedules.
+campaign() { PYTHONPATH=$PWD/src:/tmp/pksite python3 -m inference_eval.campaign "$1" "$CAMPAIGN_NAME" --hardware "$HW" "${@:2}"; }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log=$OUT/$step.log
 # BUDGET_S (or run's and files' third argument); run's default is the campaign's call_budget_s

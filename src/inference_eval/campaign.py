@@ -25,7 +25,7 @@ import argparse
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -293,6 +293,16 @@ def _cross_key_errors(raw: Mapping[str, Any], where: str) -> list[str]:
 
 
 # -- command line ---------------------------------------------------------------------------------------
+def on_hardware(c: Campaign, hardware: str | None) -> Campaign:
+    """The campaign's parts on another hardware (its targets under results/<hardware>/); ``None`` keeps it."""
+    if hardware is None or hardware == c.hardware:
+        return c
+    known = list(config_roots.group_members("hardware"))
+    if hardware not in known:
+        raise CampaignError(f"--hardware {hardware!r} is not a conf/hardware member; known: {', '.join(known)}")
+    return replace(c, hardware=hardware)
+
+
 def _parts_table(c: Campaign) -> str:
     rows = [("part", "scenario", "library", "model", "datasets", "estimate_s", "calls")]
     for p in c.parts.values():
@@ -319,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           ("budget", "the seconds one call's Snakemake runs may take (call_budget_s)")):
         p = sub.add_parser(cmd, help=helptext)
         p.add_argument("campaign", help="a conf/campaign member (h200) or a campaign file")
+        p.add_argument("--hardware", help="run the campaign on this conf/hardware member instead of its own "
+                                          "(the same rows and schedules, so the two columns compare)")
         if cmd == "limit":
             p.add_argument("dataset")
         elif cmd not in ("parts", "budget"):
@@ -329,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--results", default="results", help="the results_dir of the Snakemake call")
     args = ap.parse_args(argv)
     try:
-        c = load(args.campaign)
+        c = on_hardware(load(args.campaign), args.hardware)
         if args.cmd == "parts":
             print(_parts_table(c))
         elif args.cmd == "budget":
