@@ -30,6 +30,8 @@ rule dataset_figures:
         figure=report(f"{RESULTS}/datasets/figures/{{variant}}_lengths.png", caption="../report/datasets_lengths.rst",
                       category="Datasets", subcategory="{variant}", labels={"shows": "length distributions (figure)"}),
         summary=f"{RESULTS}/datasets/{{variant}}_summary.csv",
+    log:
+        f"{RESULTS}/datasets/logs/dataset_figures/{{variant}}.log",
     wildcard_constraints:
         variant="synthetic|real",
     localrule: True

@@ -94,6 +94,8 @@ for _table, (_caption, _label) in PREDICTION_TABLES.items():
             html=report(f"{RESULTS}/{{target}}/predicted/{_table}_from_{{source}}.html",
                         caption=f"../report/{_caption}", category="Prediction", subcategory="{target} from {source}",
                         labels={"shows": _label}),
+        log:
+            f"{RESULTS}/{{target}}/logs/prediction_html_{_table}/from_{{source}}.log",
         params:
             title=_label.replace(" (table)", ""),
         wildcard_constraints:

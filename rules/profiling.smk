@@ -5,7 +5,7 @@
 #   results/{hardware}/modules/{variant}.json, {variant}.log   the profile's record and its job's log
 #   results/{hardware}/coefficients.csv                        time-model coefficients, r2, held-out MAPE
 #   results/{hardware}/figures/module_shares.png, time_model_fit.png
-#   results/{hardware}/logs/fit_coefficients.log               the fit's log
+#   results/{hardware}/logs/fit_coefficients.log, module_figures.log   the fit's and the figures' logs
 # {variant}: a profiled variant of the library registry (module_profiling of conf/library/*.yaml:
 # transformers-eager | transformers-sdpa | vllm). Model, sweeps, repeats: the hardware kind's defaults
 # in inference_eval.profiling.sweep, overridden by a `profiling:` config block.
@@ -59,6 +59,8 @@ rule module_figures:
                       category="Modules", subcategory="all libraries", labels={"shows": "per-op time shares (figure)"}),
         fit=report(f"{RESULTS}/{{hardware}}/figures/time_model_fit.png", caption="../report/time_model_fit.rst",
                    category="Time model", subcategory="fit", labels={"shows": "measured vs predicted (figure)"}),
+    log:
+        f"{RESULTS}/{{hardware}}/logs/module_figures.log",
     localrule: True
     script:
         "../workflow_scripts/module_figures.py"

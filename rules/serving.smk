@@ -1,6 +1,7 @@
 # Online serving: one sweep of request rates per (library, model, dataset) against the library's own
 # OpenAI-compatible server on loopback, then the serving curves per dataset (the paper's Figs 1, 4, 5).
-# A sweep's log is sweep.log in its run folder, beside the server's server.log.
+# A sweep's log is sweep.log in its run folder, beside the server's server.log; the figure's is
+# results/{hardware}/logs/serving_figure/{dataset}.log.
 include: "serving_functions.smk"
 
 
@@ -30,6 +31,8 @@ rule serving_figure:
     output:
         report(f"{RESULTS}/{{hardware}}/figures/serving_{{dataset}}.png", caption="../report/serving_figure.rst",
                category="Serving", subcategory="{dataset}", labels={"shows": "serving curves (figure)"}),
+    log:
+        f"{RESULTS}/{{hardware}}/logs/serving_figure/{{dataset}}.log",
     localrule: True
     script:
         "../workflow_scripts/serving_figures.py"

@@ -338,8 +338,6 @@ def test_pipeline_on_slurm_equals_local_run_and_kills_become_rows(local_slurm, t
     assert json.loads(failure.read_text())["status"] == "oom", _out(killed)[-3000:]
 
     # resubmitting writes the table with the kill as the row's status and submits nothing
-    if "record_or_slurm_failure" not in (REPO / "rules" / "report.smk").read_text():
-        pytest.skip("rules/report.smk does not read failure records yet (record_or_slurm_failure)")
     again = run_snakemake(LOCAL_PROFILE + [table] + config, slurm_dir)
     assert again.returncode == 0, _out(again)[-3000:]
     assert "submitted with SLURM jobid" not in _out(again)
