@@ -31,7 +31,7 @@ rule dataset_bound_tp:
     log:
         f"{RESULTS}/{{hardware}}/logs/dataset_bound_tp/{{dataset}}_tp{{degree}}.log",
     params:
-        cfgs=dataset_bound_cfgs,
+        cfgs=dataset_bound_tp_cfgs,
     localrule: True
     script:
         "../workflow_scripts/dataset_bound.py"

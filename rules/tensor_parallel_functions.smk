@@ -25,6 +25,12 @@ def tp_plan(hardware, dataset):
     return out
 
 
+def dataset_bound_tp_cfgs(wildcards):
+    """Params of rule dataset_bound_tp: the matrix's models only, the models tp_plan runs at degree t (the
+    degree-1 bound, rule dataset_bound's, also bounds the other models of the dataset table)."""
+    return bound_cfgs(wildcards.hardware, wildcards.dataset, PIPELINE.models)
+
+
 def tp_bound_path(hardware, dataset, t):
     return f"{RESULTS}/{hardware}/{dataset}_bound.csv" if t == 1 else f"{RESULTS}/{hardware}/{dataset}_bound_tp{t}.csv"
 

@@ -2,7 +2,8 @@
 # roofline bound of each dataset. CPU-only, cheap: local rules, no GPU resources.
 #   results/{hardware}/theory/{model}_ops_b{batch}_s{seq}.csv   Tables 4 and 5 (any b, s)
 #   results/{hardware}/theory/{model}_roofline.png             each op at b=8, s=512 under the roof
-#   results/{hardware}/{dataset}_bound.csv                     least time any library could take
+#   results/{hardware}/{dataset}_bound.csv                     least time any library could take, a row per
+#                                                               model of the dataset table (table_models)
 #   results/{hardware}/logs/<rule>/...                          the jobs' logs
 
 THEORY_BATCH, THEORY_SEQ = 8, 512  # the paper's Tables 4 and 5

@@ -1,5 +1,5 @@
 # Functions of rules/theory.smk (which includes this file); theory_targets is called by
-# fine_grain_targets (rules/common.smk), theory_causal also by rules/tensor_parallel.smk.
+# fine_grain_targets (rules/common.smk), theory_causal and bound_cfgs also by rules/tensor_parallel.smk.
 
 
 def theory_causal():
@@ -16,7 +16,13 @@ def theory_targets(hardware):
     return out
 
 
+def bound_cfgs(hardware, dataset, models):
+    """The resolved config of each of ``models`` for the dataset on the hardware (one bound row per model)."""
+    return {m: job_config(dataset=dataset, hardware=hardware, model=m) for m in models}
+
+
 def dataset_bound_cfgs(wildcards):
-    """The resolved config of every matrix model for the {dataset} on the {hardware} (rules dataset_bound
-    and dataset_bound_tp: one bound row per model)."""
-    return {m: job_config(dataset=wildcards.dataset, hardware=wildcards.hardware, model=m) for m in PIPELINE.models}
+    """Params of rule dataset_bound: every model of the {dataset}'s table on the {hardware} (table_models,
+    rules/report_functions.smk: the matrix's models, then every other model with a batch record), so each
+    row of the table has its own model's bound."""
+    return bound_cfgs(wildcards.hardware, wildcards.dataset, table_models(wildcards.hardware, wildcards.dataset))
