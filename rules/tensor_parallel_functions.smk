@@ -26,7 +26,7 @@ def tp_plan(hardware, dataset):
 
 
 def dataset_bound_tp_cfgs(wildcards):
-    """Params of rule dataset_bound_tp: the matrix's models only, the models tp_plan runs at degree t (the
+    """Rule dataset_bound_tp's params: the matrix's models only, the models tp_plan runs at degree t (the
     degree-1 bound, rule dataset_bound's, also bounds the other models of the dataset table)."""
     return bound_cfgs(wildcards.hardware, wildcards.dataset, PIPELINE.models)
 

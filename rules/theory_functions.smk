@@ -22,7 +22,7 @@ def bound_cfgs(hardware, dataset, models):
 
 
 def dataset_bound_cfgs(wildcards):
-    """Params of rule dataset_bound: every model of the {dataset}'s table on the {hardware} (table_models,
+    """Rule dataset_bound's params: every model of the {dataset}'s table on the {hardware} (table_models,
     rules/report_functions.smk: the matrix's models, then every other model with a batch record), so each
     row of the table has its own model's bound."""
     return bound_cfgs(wildcards.hardware, wildcards.dataset, table_models(wildcards.hardware, wildcards.dataset))
