@@ -94,6 +94,24 @@ def test_dry_run_table_reads_another_models_records_without_planning_its_other_l
     assert inputs.index("llama2-7b") < inputs.index("mistral-7b")  # the matrix's model first
 
 
+def test_bound_bounds_every_table_model_and_report_jobs_write_their_logs(tmp_path):
+    """Rule dataset_bound makes a row for every model of the dataset's table (table_models: the matrix's
+    model and one with only a record), and the report and figure rules each write their log (CPU jobs)."""
+    results = tmp_path / "results"
+    rec = results / "cpu" / "batch" / "vllm" / "mistral-7b" / "s2s.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text("{}")
+    out = snakemake([f"{results}/cpu/s2s_bound.html", f"{results}/datasets/synthetic_summary.html"], results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(results / "cpu" / "s2s_bound.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["status"]) for r in rows] == [("tiny-llama", "ok"), ("mistral-7b", "ok")], rows
+    for log in ("cpu/logs/dataset_bound/s2s.log", "cpu/logs/report_html_batch_bound/s2s_bound.log",
+                "datasets/logs/dataset_figures/synthetic.log",
+                "datasets/logs/report_html_dataset_summary/synthetic_summary.log"):
+        assert (results / log).is_file(), log
+
+
 def test_unknown_config_value_stops_with_valid_choices(tmp_path):
     out = snakemake(["-n", "all", "--config", "model=llama-99b"], tmp_path / "results")
     assert out.returncode != 0
