@@ -147,7 +147,7 @@ run_part() {
       quiet || return 124
       local tree; tree=$(tree_copy "$part") || return 1
       background "run-$part" "${IN_DIR[@]}" "$tree" env BG_SELF="run-$part" OUT="$CAMPAIGN/out-$part" HW="$HW" \
-        CAMPAIGN_NAME="$CAMPAIGN_NAME" DATASETS="${DATASETS:-}" PYTHONPATH="$PYTHONPATH" PATH="$PATH" \
+        CAMPAIGN_NAME="$CAMPAIGN_NAME" DATASETS="${DATASETS:-}" PYTHONPATH="${PYTHONPATH:-}" PATH="$PATH" \
         bash scripts/device/campaign.sh run "$part" 3000
     fi
     await "run-$part" "$(left)"; pack
@@ -186,7 +186,7 @@ case $step in
   files)  # PART's model files, written on the CPU while the GPU measures another part
     { setup_python && part=${2:?part} && model=$(campaign calls "$part" | head -1 | cut -f2) &&
       mapfile -t files < <(campaign files "$part" --results "$RESULTS") && tree=$(tree_copy "files-$model") &&
-      background "files-$model" "${IN_DIR[@]}" "$tree" env PYTHONPATH="$PYTHONPATH" PATH="$PATH" timeout -s INT 3000 \
+      background "files-$model" "${IN_DIR[@]}" "$tree" env PYTHONPATH="${PYTHONPATH:-}" PATH="$PATH" timeout -s INT 3000 \
         python3 -m snakemake --cores "$(nproc)" --nolock --config model="$model" \
         overrides="matrix.dataset_variant=real data_root=$CAMPAIGN/data results_dir=$RESULTS" -- "${files[@]}"
     } 2>&1 | tee "$log" ;;
