@@ -6,8 +6,10 @@
     python scripts/lock_envs.py --print         only print the commands
 
 Each lock is resolved for its target (Linux x86_64 manylinux_2_28, the lock's CPython), from what the
-registry held at environments.EXCLUDE_NEWER, so running this again reproduces the files (checked by
-tests/test_environments.py). Use uv == environments.UV_VERSION (scripts/setup.sh installs it in .venv).
+registry held at environments.EXCLUDE_NEWER. An existing lock's pins are kept where the inputs still allow
+them (uv's preference for the output file's versions), so running this again reproduces the files (checked
+by tests/test_environments.py) even where a registry's cached index pages differ from one hour to the next;
+--upgrade resolves afresh. Use uv == environments.UV_VERSION (scripts/setup.sh installs it in .venv).
 A lock that cannot be resolved (an index this machine cannot reach) is not overwritten when it already
 says why (its first line is "NOT RESOLVED"); otherwise it is replaced by such a file with uv's error.
 Exit status: 0 when every lock asked for was made, 1 otherwise.
@@ -45,8 +47,11 @@ def uv_env() -> dict[str, str]:
     return dict(os.environ, UV_PYTHON_DOWNLOADS="never", UV_NO_CONFIG="1", UV_NO_CACHE="1")
 
 
-def compile_lock(name: str, uv: str, output: Path) -> subprocess.CompletedProcess:
-    """Run the lock's `uv pip compile` (from the repository root) into ``output``."""
+def compile_lock(name: str, uv: str, output: Path, prefer: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the lock's `uv pip compile` (from the repository root) into ``output``. With ``prefer`` (a lock
+    file), uv starts from its pins and changes only those the inputs no longer allow."""
+    if prefer is not None and prefer.exists() and lock_is_resolved(prefer.read_text(encoding="utf-8")):
+        output.write_text(prefer.read_text(encoding="utf-8"), encoding="utf-8")
     return subprocess.run(compile_command(name, output, uv), cwd=REPO, capture_output=True, text=True,
                           env=uv_env(), timeout=1800)
 
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("locks", nargs="*", help=f"lock names (default: all of {', '.join(LOCKS)})")
     p.add_argument("--print", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--upgrade", action="store_true",
+                   help="resolve afresh (default: keep the committed pins that the inputs still allow)")
     args = p.parse_args(argv)
     names = args.locks or list(LOCKS)
     unknown = [n for n in names if n not in LOCKS]
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         target = lock_path(n)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / target.name
-            proc = compile_lock(n, uv, out)
+            proc = compile_lock(n, uv, out, prefer=None if args.upgrade else target)
             if proc.returncode == 0:
                 write_text(target, out.read_text(encoding="utf-8"))
                 print(f"{n}: {target.relative_to(REPO)}")
