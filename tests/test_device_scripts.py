@@ -6,6 +6,7 @@ found before it costs device time.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -217,3 +218,21 @@ def test_fairness_summary_puts_the_committed_rows_side_by_side(tmp_path):
     assert proc.stdout == (hw / "FAIRNESS.md").read_text()  # the committed file is current
     empty = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode == 1 and "before-fairness" in empty.stderr
+
+
+@pytest.mark.parametrize("hw, name", [("h200", "h200"), ("h100", "h200")])
+def test_a_gpu_without_its_own_campaign_runs_the_h200_parts_on_its_hardware(tmp_path, hw, name):
+    """The lent GPU is an H100 or an H200: campaign.sh's start picks conf/campaign/<hw>.yaml, else h200's
+    parts with the targets under results/<hw>/."""
+    import sys
+
+    text = (ROOT / "scripts" / "device" / "campaign.sh").read_text()
+    start = re.search(r"^set -uo pipefail\n.*?^campaign\(\) .*?\n", text, re.S | re.M).group(0)
+    start = start.replace("python3 -m", f"{sys.executable} -m").replace("step=${1:?step}\n", "")
+    script = start + 'echo "name=$CAMPAIGN_NAME"; campaign targets vllm-7b-serving s2s\n'
+    env = dict(os.environ, HW=hw, CAMPAIGN_DIR=str(tmp_path / "c"), OUT=str(tmp_path / "o"))
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"name={name}" in proc.stdout
+    assert f"results/{hw}/serving/vllm_llama2-7b_s2s.csv" in proc.stdout
+    assert ("no conf/campaign/h100.yaml" in proc.stderr) == (hw == "h100")

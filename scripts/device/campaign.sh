@@ -2,7 +2,7 @@
 # One step of a campaign on the lent GPU machine, one device call each (docs/campaign.md):
 #   HW=h200 bash scripts/device/campaign.sh STEP [ARG] [BUDGET_S]
 # What the campaign is (models, libraries, row limits, repeats, serving schedules, parts) lives in
-# conf/campaign/$CAMPAIGN_NAME.yaml (default: the hardware key), read by inference_eval.campaign. Only
+# conf/campaign/$CAMPAIGN_NAME.yaml (default: the hardware key's, else h200's run on HW), read by inference_eval.campaign. Only
 # what is specific to the lent machine is here, and why:
 # - It has no package index and no network: the engines and Snakemake travel as kits in carried folders
 #   that are unpacked here (.vk1/.vk2/.vk3 vLLM, three calls because a call carries at most 64 MiB; .pk
@@ -40,7 +40,12 @@ mkdir -p "$CAMPAIGN"
 [ -d .tokcache ] && [ ! -d "$CAMPAIGN/tokcache" ] && cp -a .tokcache "$CAMPAIGN/tokcache"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$CAMPAIGN/tokcache VLLM_USE_FLASHINFER_SAMPLER=0
 HW=${HW:-$(PYTHONPATH=src python3 -c 'from inference_eval.hardware import detect_hardware; print(detect_hardware())')}
-CAMPAIGN_NAME=${CAMPAIGN_NAME:-$HW}
+# The campaign of this hardware, else the H200's parts on this hardware (the lent GPU is an H100 or an
+# H200, whichever is free: the same rows and schedules, so the two columns compare).
+if [ -z "${CAMPAIGN_NAME:-}" ]; then
+  CAMPAIGN_NAME=$HW
+  [ -f "conf/campaign/$HW.yaml" ] || { CAMPAIGN_NAME=h200; echo "campaign: no conf/campaign/$HW.yaml: h200's parts on $HW" >&2; }
+fi
 # The campaign's parts on this machine's hardware (HW): another GPU runs the same rows and schedules.
 campaign() { PYTHONPATH=$PWD/src:/tmp/pksite python3 -m inference_eval.campaign "$1" "$CAMPAIGN_NAME" --hardware "$HW" "${@:2}"; }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
