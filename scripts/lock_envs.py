@@ -42,9 +42,8 @@ from inference_eval.io import write_text
 
 def uv_env() -> dict[str, str]:
     # The target Python comes from --python-version; a managed interpreter download would only add
-    # retries where the network reaches nothing but the registry. No cache: a cached index page can miss a
-    # release uploaded before EXCLUDE_NEWER, and the lock would then differ from a fresh resolution.
-    return dict(os.environ, UV_PYTHON_DOWNLOADS="never", UV_NO_CONFIG="1", UV_NO_CACHE="1")
+    # retries where the network reaches nothing but the registry.
+    return dict(os.environ, UV_PYTHON_DOWNLOADS="never", UV_NO_CONFIG="1")
 
 
 def compile_lock(name: str, uv: str, output: Path, prefer: Path | None = None) -> subprocess.CompletedProcess:

