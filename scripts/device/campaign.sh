@@ -2,8 +2,8 @@
 # One step of a campaign on the lent GPU machine, one device call each (docs/campaign.md):
 #   HW=h200 bash scripts/device/campaign.sh STEP [ARG] [BUDGET_S]
 # What the campaign is (models, libraries, row limits, repeats, serving schedules, parts) lives in
-# conf/campaign/$CAMPAIGN_NAME.yaml (default: the hardware key's, else h200's run on HW), read by inference_eval.campaign. Only
-# what is specific to the lent machine is here, and why:
+# conf/campaign/$CAMPAIGN_NAME.yaml (default: conf/campaign/$HW.yaml, else h200.yaml's parts run on $HW),
+# read by inference_eval.campaign. Only what is specific to the lent machine is here, and why:
 # - It has no package index and no network: the engines and Snakemake travel as kits in carried folders
 #   that are unpacked here (.vk1/.vk2/.vk3 vLLM, three calls because a call carries at most 64 MiB; .pk
 #   Snakemake and the harness's wheels; .lcp llama.cpp's sources, compiled here in about 5 minutes; .mii
