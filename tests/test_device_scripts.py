@@ -220,6 +220,20 @@ def test_fairness_summary_puts_the_committed_rows_side_by_side(tmp_path):
     assert empty.returncode == 1 and "before-fairness" in empty.stderr
 
 
+def test_fairness_summary_names_a_missing_vllm_sweep_instead_of_failing(tmp_path):
+    """A column whose before-fairness folder holds only batch rows (as the H100's does) still gets its
+    FAIRNESS.md: each dataset without both vLLM sweeps says which file is missing."""
+    import sys
+
+    (tmp_path / "before-fairness" / "batch").mkdir(parents=True)
+    script = str(ROOT / "scripts" / "device" / "fairness_summary.py")
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for d in ("s2s", "l2s"):
+        assert f"Not compared: before-fairness/serving/vllm_llama2-7b_{d}.csv, serving/vllm_llama2-7b_{d}.csv" \
+            in proc.stdout
+
+
 @pytest.mark.parametrize("hw, name", [("h200", "h200"), ("h100", "h200")])
 def test_a_gpu_without_its_own_campaign_runs_the_h200_parts_on_its_hardware(tmp_path, hw, name):
     """The lent GPU is an H100 or an H200: campaign.sh's start picks conf/campaign/<hw>.yaml, else h200's

@@ -37,8 +37,14 @@ def _last_logged_hit_rate(run_dir: Path) -> str:
 
 
 def serving_tables(hw: Path, dataset: str) -> list[str]:
-    before = read_sweep(hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv")
-    after = read_sweep(hw / "serving" / f"vllm_llama2-7b_{dataset}.csv")
+    before_path = hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv"
+    after_path = hw / "serving" / f"vllm_llama2-7b_{dataset}.csv"
+    missing = [str(p.relative_to(hw)) for p in (before_path, after_path) if not p.exists()]
+    if missing:  # e.g. a column whose vLLM sweeps have not been re-run yet: say so, compare nothing
+        return [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
+                f"Not compared: {', '.join(missing)} does not exist under {hw.name}/.", ""]
+    before = read_sweep(before_path)
+    after = read_sweep(after_path)
     mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
     mii = read_sweep(mii_path) if mii_path.exists() else None
     old_hit = _last_logged_hit_rate(hw / "before-fairness" / "serving" / "runs" / f"vllm_llama2-7b_{dataset}")
