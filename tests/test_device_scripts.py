@@ -230,8 +230,8 @@ def test_fairness_summary_names_a_missing_vllm_sweep_instead_of_failing(tmp_path
     proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for d in ("s2s", "l2s"):
-        assert f"Not compared: before-fairness/serving/vllm_llama2-7b_{d}.csv, serving/vllm_llama2-7b_{d}.csv" \
-            in proc.stdout
+        assert (f"Not compared: missing under {tmp_path.name}/: before-fairness/serving/vllm_llama2-7b_{d}.csv, "
+                f"serving/vllm_llama2-7b_{d}.csv.") in proc.stdout
 
 
 @pytest.mark.parametrize("hw, name", [("h200", "h200"), ("h100", "h200")])

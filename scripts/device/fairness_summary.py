@@ -42,7 +42,7 @@ def serving_tables(hw: Path, dataset: str) -> list[str]:
     missing = [str(p.relative_to(hw)) for p in (before_path, after_path) if not p.exists()]
     if missing:  # e.g. a column whose vLLM sweeps have not been re-run yet: say so, compare nothing
         return [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
-                f"Not compared: {', '.join(missing)} does not exist under {hw.name}/.", ""]
+                f"Not compared: missing under {hw.name}/: {', '.join(missing)}.", ""]
     before = read_sweep(before_path)
     after = read_sweep(after_path)
     mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
