@@ -40,20 +40,20 @@ def serving_tables(hw: Path, dataset: str) -> list[str]:
     before_path = hw / "before-fairness" / "serving" / f"vllm_llama2-7b_{dataset}.csv"
     after_path = hw / "serving" / f"vllm_llama2-7b_{dataset}.csv"
     missing = [str(p.relative_to(hw)) for p in (before_path, after_path) if not p.exists()]
+    heading = [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", ""]
     if missing:  # e.g. a column whose vLLM sweeps have not been re-run yet: say so, compare nothing
-        return [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
-                f"Not compared: missing under {hw.name}/: {', '.join(missing)}.", ""]
+        return heading + [f"Not compared: missing under {hw.name}/: {', '.join(missing)}.", ""]
     before = read_sweep(before_path)
     after = read_sweep(after_path)
     mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
     mii = read_sweep(mii_path) if mii_path.exists() else None
     old_hit = _last_logged_hit_rate(hw / "before-fairness" / "serving" / "runs" / f"vllm_llama2-7b_{dataset}")
-    out = [f"### {dataset}: vLLM serving, prefix cache on (before) and off (after)", "",
-           f"Before: vLLM 0.24's default (prefix caching on); its log's last hit-rate line: {old_hit}. "
-           "After: `--no-enable-prefix-caching`, hit rate per rate from vLLM's `/metrics` counters.", "",
-           "| rate (req/s) | tok/s before / after | TTFT p50 before / after (95 % CI) | TPOT mean before / after "
-           "| E2E p99 before / after | prompt tokens from cache, after | exact |",
-           "|---|---|---|---|---|---|---|"]
+    out = heading + [
+        f"Before: vLLM 0.24's default (prefix caching on); its log's last hit-rate line: {old_hit}. "
+        "After: `--no-enable-prefix-caching`, hit rate per rate from vLLM's `/metrics` counters.", "",
+        "| rate (req/s) | tok/s before / after | TTFT p50 before / after (95 % CI) | TPOT mean before / after "
+        "| E2E p99 before / after | prompt tokens from cache, after | exact |",
+        "|---|---|---|---|---|---|---|"]
     for b, a in zip(before, after):
         ci = "" if math.isnan(a.ttft_s_p50_ci_lo) else f"{_ms(a.ttft_s_p50_ci_lo)}-{_ms(a.ttft_s_p50_ci_hi)}"
         out.append(f"| {a.rate:g} | {b.token_throughput_tok_s:,.0f} / {a.token_throughput_tok_s:,.0f} "
