@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Tables and figures of a GPU campaign, made here (no GPU needed) from what its steps brought back:
 #   bash scripts/device/report.sh HW results-HW.tgz [more.tgz ...]
-# Unpacks each step's results-<hw>.tgz (later ones win) into results/, then runs the report rules
-# (tables, bounds, theory, figures) with `--rerun-triggers mtime`: the runs were made on the GPU with
-# that machine's paths in their configs, and must not be planned again here.
+# Unpacks each step's results-<hw>.tgz (later ones win) into results/, then runs only the report rules
+# (tables, bounds, theory, figures, the fit: REPORT_RULES below), never a run: the records came from the GPU,
+# and a run planned here would start on the wrong hardware.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 hw=${1:?hardware key}; shift
@@ -19,30 +19,16 @@ for d in s2s l2s s2l s16k; do
     overrides="matrix.dataset_variant=real data_root=${DATA_ROOT:-$(realpath ../shared/data)} dataset.limit=$(limit $d)" \
     -- "results/datasets/$d/rows.jsonl"
 done
-# The datasets and model configs came from the GPU machine with its clock's times, often newer than records
-# made there earlier; they are what those records were made from, so they are dated back: only newer
-# records then make tables and figures again. The same for committed engine records (TensorRT-LLM's
-# build rule), which a fresh clone may date after the batch records made from them.
-find results/datasets results/models/*/hf "results/$hw/engines" -type f -exec touch -d '2000-01-01 00:00' {} + \
-  2>/dev/null || true
-# Rules that only read records (tables, bounds, theory, figures, the fit). Anything else planned here would
-# be a GPU run on this machine: Snakemake would start it, see the wrong hardware, and delete that job's
-# committed outputs as those of a failed job. So each call is dry-run first and stops if it plans more.
+# Only the rules that read records (tables, bounds, theory, figures, the fit) are allowed (Snakemake's
+# --allowed-rules): the records, datasets and model configs are then inputs that no rule here makes, so
+# their dates (the GPU machine's clock, a fresh clone's checkout) cannot plan a run, and a missing record
+# stops with Snakemake's missing-input error naming it instead of starting that run on this machine.
 REPORT_RULES="dataset_table dataset_bound theory_ops theory_roofline throughput_figure serving_figure fit_coefficients module_figures"
 sm() {
   local model=$1 ov=$2; shift 2
-  local args=(--cores 2 --keep-going --rerun-triggers mtime --config model="$model" hardware="$hw"
-              overrides="matrix.dataset_variant=real $ov")
-  local planned
-  planned=$(.venv/bin/snakemake "${args[@]}" -n --quiet rules -- "$@" 2>&1 | awk 'f && NF==2 && $2 ~ /^[0-9]+$/ {print $1} /^job +count/ {f=1}') || true
-  for rule in $planned; do
-    case " $REPORT_RULES total " in *" $rule "*) ;; *)
-      echo "report.sh: $* would run rule '$rule' here (inputs newer than the records?); stopping before it deletes them." >&2
-      echo "  Make the unpacked results older than the records (touch -d), or run that rule on its hardware." >&2
-      return 1 ;;
-    esac
-  done
-  .venv/bin/snakemake "${args[@]}" -- "$@"
+  # shellcheck disable=SC2086  # REPORT_RULES is a list of rule names
+  .venv/bin/snakemake --cores 2 --keep-going --allowed-rules $REPORT_RULES \
+    --config model="$model" hardware="$hw" overrides="matrix.dataset_variant=real $ov" -- "$@"
 }
 # The libraries with a run record (ok or failed) for a model and dataset: a library the campaign did not
 # reach has no record and is left out of that table (results/<hw>/README.md says which, and why).
