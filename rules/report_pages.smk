@@ -27,6 +27,7 @@ for _kind, (_base, _caption, _category, _subcategory, _label, _settings) in REPO
             variant="synthetic|real" if _kind == "dataset_summary" else PROFILED_VARIANTS,
             stage="prefill|decode",
             sweep="seq|batch",
+            degree="[0-9]+",
         localrule: True
         script:
             "../workflow_scripts/table_html.py"

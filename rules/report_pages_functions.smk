@@ -35,6 +35,11 @@ REPORT_TABLES = {
     "time_model_points": (f"{RESULTS}/{{hardware}}/modules/time_model_points", "time_model_points.rst",
                           "Time model", "fit", "measured vs predicted per point (table)",
                           profiling_caption_settings),
+    # planned only with matrix.tensor_parallel beyond [1] (rules/tensor_parallel.smk)
+    "theory_ops_tp": (f"{RESULTS}/{{hardware}}/theory/{{model}}_ops_b{THEORY_BATCH}_s{THEORY_SEQ}_tp{{degree}}",
+                      "theory_ops_tp.rst", "Theory", "{model}", "per-op costs on one of {degree} GPUs (table)", None),
+    "tp_scaling": (f"{RESULTS}/{{hardware}}/tensor_parallel/{{dataset}}_scaling", "tensor_parallel_scaling.rst",
+                   "Tensor parallel", "{dataset}", "scaling over GPUs (table)", None),
 }
 
 

@@ -57,7 +57,8 @@ rule tensor_parallel_figure:
     input:
         tables=expand(f"{RESULTS}/{{{{hardware}}}}/tensor_parallel/{{dataset}}_scaling.csv", dataset=PIPELINE.datasets),
     output:
-        f"{RESULTS}/{{hardware}}/figures/tensor_parallel.png",
+        report(f"{RESULTS}/{{hardware}}/figures/tensor_parallel.png", caption="../report/tensor_parallel_figure.rst",
+               category="Tensor parallel", subcategory="all datasets", labels={"shows": "scaling over GPUs (figure)"}),
     log:
         f"{RESULTS}/{{hardware}}/logs/tensor_parallel_figure.log",
     params:

@@ -73,6 +73,8 @@ def caption_contexts():
         "module_table.rst": ({**hw, "variant": "vllm", "stage": "decode", "sweep": "seq"}, prof),
         "module_shares.rst": (hw, {}), "coefficients.rst": (hw, prof), "time_model_points.rst": (hw, prof),
         "time_model_fit.rst": (hw, {}), "run_summary.rst": (hw, {}),
+        "theory_ops_tp.rst": ({**hw, "model": "llama2-13b", "degree": "2"}, {}),
+        "tensor_parallel_scaling.rst": ({**hw, "dataset": "s2s"}, {}), "tensor_parallel_figure.rst": (hw, {}),
         **{f"prediction_{kind}.rst": ({"target": "h100", "source": "h200"}, {})
            for kind in ("modules", "batch", "mape", "validation")},
     }

@@ -415,6 +415,35 @@ def test_plan_of_the_gpu_rows_with_the_slurm_profile(tmp_path):
     assert out.returncode != 0 and "needs 2 GPUs but hardware 'h200' has gpus = 1" in out.stdout + out.stderr
 
 
+def test_all_with_tensor_parallel_plans_and_renders_its_report_pages(tmp_path):
+    """`all` with a degree above 1 plans an HTML page beside each tensor-parallel table (the report shows a CSV
+    only as a download), and the pages render: the per-GPU op table (all_reduce rows) and a scaling table."""
+    out = _snakemake(tmp_path, "--quiet", "rules", "--cores", "2", "all", "--config", "hardware=h200", f"overrides={PLAN}")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M))
+    assert planned.get("report_html_tp_scaling") == "2" and planned.get("report_html_theory_ops_tp") == "2", planned
+
+    from inference_eval.report.tensor_parallel import write_scaling_table
+
+    tables = tmp_path / "results" / "h200" / "tensor_parallel"
+    planned_rows = [{"library": "vllm", "dataset": "s2s", "hardware": "h200", "model": "llama2-13b", "tensor_parallel": t,
+                     "record": _record(tmp_path / "batch" / f"13-{t}.json", t, time_s)} for t, time_s in ((1, 10.0), (2, 6.0))]
+    write_scaling_table(tables / "s2s_scaling.csv", planned_rows, _bounds(tmp_path))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), INFERENCE_EVAL_HARDWARE="cpu")
+    theory = "results/h200/theory/llama2-13b_ops_b8_s512_tp2.html"
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--nolock", "--cores", "1", "--allowed-rules", "theory_ops_tp",
+                          "report_html_theory_ops_tp", "report_html_tp_scaling", "--config", "hardware=h200",
+                          f"overrides={PLAN}", "--", theory, "results/h200/tensor_parallel/s2s_scaling.html"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    page = (tmp_path / theory).read_text()
+    assert "<table" in page and "all_reduce" in page
+    page = (tables / "s2s_scaling.html").read_text()
+    assert "<table" in page and "scaling_efficiency" in page and "0.833" in page  # 10/6 over 2 GPUs
+
+
 def test_interconnect_script_measures_an_all_reduce(tmp_path):
     """scripts/device/interconnect.py on two CPU processes (gloo): the sums are right and the bus bandwidth is
     2(t-1)/t x bytes / time."""
