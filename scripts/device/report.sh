@@ -62,3 +62,6 @@ if [ -d "results/$hw/before-fairness" ]; then
   .venv/bin/python scripts/device/fairness_summary.py "results/$hw" > "results/$hw/.FAIRNESS.md.tmp" &&
     mv "results/$hw/.FAIRNESS.md.tmp" "results/$hw/FAIRNESS.md"
 fi
+# The column's SUMMARY.md and the README's teaser tables, both generated from the tables made above.
+.venv/bin/python scripts/write_summary.py "results/$hw"
+.venv/bin/python scripts/write_teaser.py
