@@ -270,3 +270,32 @@ def test_figure_draws_bands_dashes_and_hollow_markers(tmp_path, monkeypatch):
     text = "\n".join(t.get_text() for t in fig.texts)
     assert "sglang / tiny-llama: prefix caching on" in text and figures.HOLLOW_NOTE in text
     plt.close(fig)
+
+
+def test_rate_axis_is_logarithmic_for_a_searched_sweep_and_reasons_are_wrapped_not_cut(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from inference_eval.serving import figures
+
+    assert figures.rate_axis_scale([2.0, 8.0, 32.0]) == "linear"  # a 16x span: linear
+    assert figures.rate_axis_scale([2.0, 8.0, 32.0, 64.0, float("inf")]) == "log"  # inf is not a rate on the axis
+    assert figures.rate_axis_scale([]) == "linear"
+    long_reason = ("requests_sha256=0bc620bda3d6 (others 3c5385eef262); prefix_caching=on (others off); "
+                   "sampling=greedy (others forced by the server); prompt_route=text (others token ids)")
+    lines = figures.reason_lines("llamacpp / llama2-7b", [long_reason, long_reason, None])
+    assert len(lines) == 2 and all(len(line) <= figures.REASON_WIDTH for line in lines)
+    assert " ".join(line.strip() for line in lines) == f"llamacpp / llama2-7b: {long_reason}"  # nothing cut
+
+    captured = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: captured.setdefault("fig", fig))
+    rows = (_sweep_rows("vllm", rates=(2.0, 32.0, 512.0), comparable=True, comparability_reason="")
+            + _sweep_rows("llamacpp", rates=(1.0, 4.0, 8.0), seed=30, comparable=False,
+                          comparability_reason=long_reason))
+    figures.serving_figure(pd.DataFrame(rows), tmp_path / "x.png")
+    fig = captured["fig"]
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert all(ax.get_xscale() == "log" and "log scale" in ax.get_xlabel() for ax in visible)
+    text = "\n".join(t.get_text() for t in fig.texts)
+    assert "prompt_route=text (others token ids)" in text  # the end of the long reason is there
+    plt.close(fig)

@@ -23,11 +23,13 @@ done
 # --allowed-rules): the records, datasets and model configs are then inputs that no rule here makes, so
 # their dates (the GPU machine's clock, a fresh clone's checkout) cannot plan a run, and a missing record
 # stops with Snakemake's missing-input error naming it instead of starting that run on this machine.
+# --rerun-triggers mtime: the calls below carry different overrides (each dataset's row limit, the libraries
+# that ran), so a params trigger would remake the same tables and bounds in every call; they depend on files.
 REPORT_RULES="dataset_table dataset_bound theory_ops theory_roofline throughput_figure serving_figure fit_coefficients module_figures"
 sm() {
   local model=$1 ov=$2; shift 2
   # shellcheck disable=SC2086  # REPORT_RULES is a list of rule names
-  .venv/bin/snakemake --cores 2 --keep-going --allowed-rules $REPORT_RULES \
+  .venv/bin/snakemake --cores 2 --keep-going --rerun-triggers mtime --allowed-rules $REPORT_RULES \
     --config model="$model" hardware="$hw" overrides="matrix.dataset_variant=real $ov" -- "$@"
 }
 # The libraries with a run record (ok or failed) for a model and dataset: a library the campaign did not

@@ -6,8 +6,9 @@ Where the sweep carries them (``serving.metrics.CI_COLUMNS``), each panel with `
 does not include run-to-run variation of the server). In the p99 panels a hollow marker is a rate with
 ``p99_reliable`` False (fewer than 100 measured requests). A series with a row whose ``comparable`` is
 False (its fairness settings differ from the rest, e.g. prefix caching on) is dashed and faded, marked
-"(not comparable)", and its ``comparability_reason`` is listed under the plot. Old CSVs without these
-columns plot as before."""
+"(not comparable)", and its ``comparability_reason`` is listed under the plot, wrapped, not cut. Old CSVs
+without these columns plot as before. A searched sweep spans rates from a few to thousands per second, so
+the rate axis is logarithmic when the finite rates span ``LOG_RATE_SPAN`` or more (linear otherwise)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ PANELS = (
     ("e2e_s_p99", "end-to-end latency p99 (s)"),
 )
 HOLLOW_NOTE = "hollow: fewer than 100 measured requests"
+
+
+# The ratio of the highest to the lowest finite rate from which the rate axis is logarithmic: a searched
+# sweep doubling from 2 to 4,096 req/s would otherwise crowd its fixed rates into the first tick.
+LOG_RATE_SPAN = 20.0
+REASON_WIDTH = 150  # characters per footer line of a not-comparable series' reasons
+
+
+def rate_axis_scale(rates) -> str:
+    """``"log"`` when the finite, positive rates span LOG_RATE_SPAN or more, else ``"linear"``."""
+    r = np.asarray([float(x) for x in rates], dtype=float)
+    r = r[np.isfinite(r) & (r > 0)]
+    return "log" if len(r) and r.max() / r.min() >= LOG_RATE_SPAN else "linear"
+
+
+def reason_lines(series: str, reasons) -> list[str]:
+    """The footer lines naming why ``series`` is not comparable: each distinct reason once, wrapped at
+    REASON_WIDTH characters (a reason names every key that differs, so it must not be cut)."""
+    import textwrap
+
+    why = sorted({str(r).strip() for r in reasons if isinstance(r, str) and r.strip()})
+    text = f"{series}: " + ("; ".join(why) if why else "no reason given")
+    return textwrap.wrap(text, REASON_WIDTH, subsequent_indent="    ") or [text]
 
 
 # scenario.goodput_share's default: the star's share for sweep CSVs without a within_goodput_share column.
@@ -110,11 +134,10 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
         reasons = plotted["comparability_reason"] if "comparability_reason" in plotted else pd.Series("", index=plotted.index)
         for s in names:
             if s in not_comparable:
-                mask = (plotted["series"] == s) & ~comparable
-                why = sorted({str(r)[:80] for r in reasons[mask] if isinstance(r, str) and r.strip()})
-                reason_notes.append(f"{s}: " + ("; ".join(why) if why else "no reason given"))
+                reason_notes += reason_lines(s, reasons[(plotted["series"] == s) & ~comparable])
     points = {s: _per_rate(plotted[plotted["series"] == s]) for s in names}
 
+    x_scale = rate_axis_scale(plotted["rate"]) if not plotted.empty else "linear"
     ncols = (len(PANELS) + 1) // 2
     fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
     hollow_drawn = goodput_drawn = inf_drawn = client_drawn = False
@@ -172,7 +195,8 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                                         alpha=0.2 * alpha, linewidth=0)
             if ax is axes.flat[0]:
                 ax.legend(fontsize=8)
-        ax.set_xlabel("request rate (req/s)")
+        ax.set_xscale(x_scale)
+        ax.set_xlabel("request rate (req/s" + (", log scale)" if x_scale == "log" else ")"))
         ax.set_ylabel(label)
     for ax in list(axes.flat)[len(PANELS):]:
         ax.set_visible(False)
