@@ -99,6 +99,42 @@ def test_sweep_writes_rows_record_and_request_files(tmp_path):
     assert fig.stat().st_size > 10_000
 
 
+def test_min_rate_duration_lengthens_the_schedule_at_high_rates():
+    base = ("scenario.num_requests=40", "scenario.drop_first=5", "scenario.drop_last=5")
+    plain = ServingSettings.from_cfg(_cfg(*base))
+    assert [plain.requests_at(r) for r in (1.0, 500.0, float("inf"))] == [40, 40, 40] and plain.most_requests() == 40
+    s = ServingSettings.from_cfg(_cfg(*base, "scenario.min_rate_duration_s=2", "scenario.max_requests=100"))
+    assert [s.requests_at(r) for r in (1.0, 30.0, 30.2, 100.0, float("inf"))] == [40, 60, 61, 100, 100]
+    assert s.most_requests() == 100
+    default_cap = ServingSettings.from_cfg(_cfg(*base, "scenario.min_rate_duration_s=10"))
+    assert default_cap.requests_at(float("inf")) == 320  # 8 x num_requests
+    with pytest.raises(ServingConfigError, match="max_requests"):
+        ServingSettings.from_cfg(_cfg(*base, "scenario.min_rate_duration_s=2", "scenario.max_requests=20"))
+    cfg = _cfg(*base, "scenario.min_rate_duration_s=2")
+    cfg["scenario"]["min_rate_duration_s"] = 0  # the schema refuses it at compose; from_cfg names it too
+    with pytest.raises(ServingConfigError, match="min_rate_duration_s"):
+        ServingSettings.from_cfg(cfg)
+
+
+def test_sweep_sends_each_rate_its_own_count_over_the_same_rows(tmp_path):
+    rows = _rows(tmp_path / "rows.jsonl")
+    cfg = _cfg("scenario.rates=[10.0,40.0]", "scenario.num_requests=14", "scenario.drop_first=2",
+               "scenario.drop_last=2", "scenario.min_rate_duration_s=1", "scenario.max_requests=30")
+    out = tmp_path / "serving" / "vllm_tiny-llama_s2s.csv"
+    run_sweep(cfg, rows, ModelFiles(), out, tmp_path / "run", spec=LoopbackServer(), dataset="s2s")
+    disk = pd.read_csv(out)
+    assert disk["rate"].tolist() == [10.0, 40.0] and set(disk["status"]) == {"ok"}
+    assert disk["n_requests"].tolist() == [14, 30]  # 10/s x 1 s is below 14; 40/s x 1 s is capped at 30
+    assert disk["n_ok"].tolist() == [10, 26]
+    assert disk["requests_sha256"].nunique() == 1  # the same dataset rows, cycled further: the gate compares them
+    # the note is per rate: 14 is below the CPU profile's 24 requests, 30 is not
+    assert disk["scale_note"].tolist()[0].startswith("reduced scale: 14 requests per rate")
+    assert pd.isna(disk["scale_note"].tolist()[1])
+    assert len(pd.read_csv(tmp_path / "run" / "requests_rate40.csv")) == 30
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["fairness"]["min_rate_duration_s"] == 1.0 and record["fairness"]["max_requests"] == 30
+
+
 @pytest.mark.parametrize("spec_cls,library", [(MiiServer, "mii"), (TrtLlmServer, "trtllm")])
 def test_missing_library_is_one_row_with_reason(tmp_path, spec_cls, library):
     reason = spec_cls().unavailable_reason()

@@ -20,7 +20,11 @@ def serving_settings(cfg: dict) -> dict[str, Any]:
     from inference_eval.serving.sweep import ServingSettings
 
     st = ServingSettings.from_cfg(cfg)
-    return {"rates": ", ".join(f"{r:g}" for r in st.rates), "num_requests": st.num_requests,
+    count: int | str = st.num_requests
+    if st.min_rate_duration_s:  # longer schedules at high rates (scenario.min_rate_duration_s)
+        count = (f"{st.num_requests} or more (enough for {st.min_rate_duration_s:g} s of arrivals, "
+                 f"up to {st.most_requests()})")
+    return {"rates": ", ".join(f"{r:g}" for r in st.rates), "num_requests": count,
             "drop_first": st.drop_first, "drop_last": st.drop_last, "arrival": st.arrival}
 
 

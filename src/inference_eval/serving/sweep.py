@@ -111,22 +111,25 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
     try:
         spec.check_files(files)
         rows_used = load_requests(rows_path, limit=run_limits(cfg)[0])
-        requests = build_requests(rows_used, settings.num_requests, settings.max_tokens_cap)
+        # built once to the longest schedule; rate r sends the first settings.requests_at(r) of them
+        requests = build_requests(rows_used, settings.most_requests(), settings.max_tokens_cap)
         texts = prompt_texts(requests, files.hf_dir) if spec.prompt_as_text else {}
     except (FileNotFoundError, ValueError, OSError) as exc:
         return finish("failed", f"cannot prepare the run: {exc}")
-    # The distinct dataset rows this sweep sends (cycled to num_requests): what the gate compares.
+    # The distinct dataset rows this sweep sends (cycled to each rate's count): what the gate compares.
     distinct = requests[:min(len(rows_used), len(requests))]
     fair_base = {"settings": fairness.requested_settings(cfg, "serving"),
                  "requests_sha256": fairness.requests_sha256(distinct),
                  "row_limit": (cfg.get("dataset") or {}).get("limit"),
                  "max_tokens_cap": settings.max_tokens_cap,
-                 "scale_note": settings.reduced_scale_note(cfg)}
+                 "scale_note": settings.reduced_scale_note(cfg)}  # the default; with_manifest: per rate
 
     def with_manifest(row: dict) -> dict:
         eff = fair_base["settings"]
         row.update(requests_sha256=fair_base["requests_sha256"], row_limit=fair_base["row_limit"],
-                   max_tokens_cap=fair_base["max_tokens_cap"], scale_note=fair_base["scale_note"], exact=row.get("status") == "ok",
+                   max_tokens_cap=fair_base["max_tokens_cap"], exact=row.get("status") == "ok",
+                   scale_note=(settings.reduced_scale_note(cfg, row["n_requests"]) if row.get("n_requests")
+                               else fair_base["scale_note"]),
                    prefix_caching=eff.get("prefix_caching"), sampling=eff.get("sampling"),
                    prompt_route=eff.get("prompt_route"), engine_settings=json.dumps(eff, sort_keys=True, default=str))
         return row
@@ -156,6 +159,8 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
                 resolved_source="the server's start-up log" if resolved else "",
                 dataset_manifest=read_manifest_or_empty(rows_path),
                 extra={"num_requests": settings.num_requests, "rates": settings.rates,
+                       "min_rate_duration_s": settings.min_rate_duration_s,
+                       "max_requests": settings.most_requests() if settings.min_rate_duration_s else None,
                        "cycled": len(requests) > len(distinct)})
             load = LoadSettings(url=server.base_url + spec.completions_path,
                                 request_timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency,
@@ -163,13 +168,13 @@ def run_sweep(cfg: dict, rows_path: str | Path, files: ModelFiles, out_csv: str 
             # The warm-up sends the *last* request's prompt: the first measured request then follows a
             # different prompt, as at every later rate, and a server that reuses the previous request's
             # prefix (llama-cpp-python's) gets no head start on it.
-            last = requests[-1]
+            last = requests[settings.num_requests - 1]  # the last request of the shortest schedule
             _warm_up(last, lambda probe: spec.body(probe, model_name, texts.get(last.id)), load,
                      settings.warmup_timeout_s, server)
 
             def run_rate(rate: float, phase: str) -> dict:
-                row = with_manifest(measure_rate(rate, requests, body_for, load, settings, server, run_dir, ident,
-                                              (spec, settings.api_key), slo))
+                row = with_manifest(measure_rate(rate, requests[:settings.requests_at(rate)], body_for, load, settings,
+                                              server, run_dir, ident, (spec, settings.api_key), slo))
                 row["search_phase"] = phase
                 row["within_goodput_share"] = bool(row["goodput_tok_s"] >= goodput_share * row["token_throughput_tok_s"])
                 rows.append(row)

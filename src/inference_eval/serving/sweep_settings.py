@@ -1,10 +1,12 @@
 """What a serving sweep sends: its settings (``ServingSettings``, from ``cfg['scenario']`` with the
-hardware's scale as fallback), the requests (the dataset's rows cycled to ``num_requests``), the text
+hardware's scale as fallback), the requests (the dataset's rows cycled to ``num_requests``, or per rate to
+``requests_at(rate)`` where ``min_rate_duration_s`` lengthens the schedule at high rates), the text
 prompts of servers that take only text, and where the dataset came from."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +37,22 @@ class ServingSettings:
     seed: int
     max_tokens_cap: int | None
     gpu: bool = False  # the hardware is a GPU: each rate records NVML energy and telemetry
+    min_rate_duration_s: float | None = None  # at rate r: max(num_requests, ceil(r x this)), up to max_requests
+    max_requests: int | None = None
+
+    def requests_at(self, rate: float) -> int:
+        """How many requests rate ``rate`` sends: ``num_requests``, or with ``min_rate_duration_s`` enough
+        for that long a schedule at this rate (``max_requests`` at most; rate inf: ``max_requests``)."""
+        if not self.min_rate_duration_s:
+            return self.num_requests
+        cap = self.max_requests or 8 * self.num_requests
+        if math.isinf(rate):
+            return cap
+        return min(cap, max(self.num_requests, math.ceil(rate * self.min_rate_duration_s)))
+
+    def most_requests(self) -> int:
+        """The longest schedule any rate can send (the requests are built once, to this count)."""
+        return (self.max_requests or 8 * self.num_requests) if self.min_rate_duration_s else self.num_requests
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "ServingSettings":
@@ -63,6 +81,12 @@ class ServingSettings:
         if drop_first + drop_last >= int(num):
             raise ServingConfigError(f"drop_first ({drop_first}) + drop_last ({drop_last}) must be below "
                                      f"num_requests ({num})")
+        min_duration = sc.get("min_rate_duration_s")
+        if min_duration is not None and not float(min_duration) > 0:
+            raise ServingConfigError(f"scenario.min_rate_duration_s must be > 0 or null, got {min_duration!r}")
+        max_requests = sc.get("max_requests")
+        if max_requests is not None and int(max_requests) < int(num):
+            raise ServingConfigError(f"scenario.max_requests ({max_requests}) must be >= num_requests ({num})")
         host = str(sc.get("host") or "127.0.0.1")
         return cls(rates=rates, num_requests=int(num), arrival=str(sc.get("arrival") or "poisson"),
                    burstiness=float(sc.get("burstiness") or 1.0),
@@ -74,18 +98,22 @@ class ServingSettings:
                    port=int(sc["port"]) if sc.get("port") else None, api_key=sc.get("api_key") or None,
                    seed=int(cfg.get("seed") or 0),
                    max_tokens_cap=run_limits(cfg)[1],
-                   gpu=(cfg.get("hardware") or {}).get("kind") == "gpu")
+                   gpu=(cfg.get("hardware") or {}).get("kind") == "gpu",
+                   min_rate_duration_s=float(min_duration) if min_duration is not None else None,
+                   max_requests=int(max_requests) if max_requests is not None else None)
 
-    def reduced_scale_note(self, cfg: dict) -> str | None:
+    def reduced_scale_note(self, cfg: dict, n_requests: int | None = None) -> str | None:
         """Why this sweep is smaller than the hardware profile's serving scale (``hardware.scale``:
         ``serving_requests`` per rate, ``drop_warmup`` dropped at each end), or None when it is not: a
-        reduced schedule is allowed (e.g. where one call's time forces it) but every row must say so."""
+        reduced schedule is allowed (e.g. where one call's time forces it) but every row must say so.
+        ``n_requests``: what one rate sent (``requests_at``), default ``num_requests``."""
         scale = (cfg.get("hardware") or {}).get("scale") or {}
         full = scale.get("serving_requests")
-        if full is None or self.num_requests >= int(full):
+        n = self.num_requests if n_requests is None else int(n_requests)
+        if full is None or n >= int(full):
             return None
         warm = int(scale.get("drop_warmup") or 0)
-        return (f"reduced scale: {self.num_requests} requests per rate (first {self.drop_first} and last "
+        return (f"reduced scale: {n} requests per rate (first {self.drop_first} and last "
                 f"{self.drop_last} dropped), below the hardware profile's {int(full)} (drop {warm} + {warm})")
 
     def public(self) -> dict:
