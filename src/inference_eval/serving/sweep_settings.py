@@ -45,13 +45,14 @@ class ServingSettings:
         for that long a schedule at this rate (``max_requests`` at most; rate inf: ``max_requests``)."""
         if not self.min_rate_duration_s:
             return self.num_requests
-        cap = self.max_requests or 8 * self.num_requests
+        cap = self.most_requests()
         if math.isinf(rate):
             return cap
         return min(cap, max(self.num_requests, math.ceil(rate * self.min_rate_duration_s)))
 
     def most_requests(self) -> int:
-        """The longest schedule any rate can send (the requests are built once, to this count)."""
+        """The longest schedule any rate can send (the requests are built once, to this count): the cap,
+        ``max_requests`` or 8 x ``num_requests``, where ``min_rate_duration_s`` is set."""
         return (self.max_requests or 8 * self.num_requests) if self.min_rate_duration_s else self.num_requests
 
     @classmethod
