@@ -31,8 +31,8 @@ def batch_records(wildcards):
     matrix library (a planned run: missing, it is run; a job SLURM killed is its failure record's row,
     rules/resources.smk) and any other library with a record; another model's rows are only the records
     that exist. Found records are still the batch rule's outputs: like every record, one whose dataset
-    or model files are newer is planned again (scripts/device/report.sh dates those inputs back and
-    stops before any such run)."""
+    or model files are newer is planned again (scripts/device/report.sh allows only the report rules, so
+    there such a run stops with Snakemake's error instead of starting)."""
     hw, dataset = wildcards.hardware, wildcards.dataset
     recorded = recorded_pairs(hw, dataset)
     out = []
