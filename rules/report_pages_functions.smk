@@ -83,8 +83,7 @@ def summary_inputs(wc):
     files = {"tables": [f"{RESULTS}/{hw}/{d}_table.csv" for d in PIPELINE.datasets]
              if "batch" in PIPELINE.scenarios else []}
     if "serving" in PIPELINE.scenarios:
-        files["serving"] = [serving_csv(hw, lib, m, d) for d in serving_datasets()
-                            for lib in PIPELINE.libraries for m in PIPELINE.models]
+        files["serving"] = [p for d in serving_datasets() for p in serving_sweep_csvs(hw, d, failures=False)]
     if PIPELINE.matrix.get("fine_grain", True) and profiled_variants(hw):
         files["coefficients"] = f"{RESULTS}/{hw}/coefficients.csv"
     return files

@@ -29,8 +29,31 @@ def serving_model_files(wildcards):
     return artifact_files(artifacts, wildcards.library, wildcards.model, wildcards.hardware)
 
 
+def recorded_serving_pairs(hardware, dataset, failures=True):
+    """``[(library, model), ...]`` of the sweep CSVs (``<library>_<model>_<dataset>.csv`` or its SLURM
+    failure record) that exist under ``results/<hardware>/serving`` for the registered libraries, by name.
+    A model a campaign served for only some libraries (Llama-2-13B on l2s) thus joins the figure and the
+    summary without planning its other libraries' sweeps. ``failures=False``: sweeps with a CSV only."""
+    root = Path(f"{RESULTS}/{hardware}/serving")
+    pairs = []
+    for library in LIBRARY_REGISTRY:
+        for suffix in (".csv", slurm_failures.SUFFIX) if failures else (".csv",):
+            for path in sorted(root.glob(f"{library}_*_{dataset}{suffix}")):
+                model = path.name[len(library) + 1: -len(f"_{dataset}{suffix}")]
+                if re.fullmatch(r"[A-Za-z0-9.\-]+", model) and (library, model) not in pairs:
+                    pairs.append((library, model))
+    return pairs
+
+
+def serving_sweep_csvs(hardware, dataset, failures=True):
+    """The sweeps of one dataset: every matrix library x matrix model (a planned run: missing, it is run),
+    then every other recorded (library, model) sweep (recorded_serving_pairs), which is only read."""
+    planned = [(lib, m) for m in PIPELINE.models for lib in PIPELINE.libraries]
+    pairs = planned + [p for p in recorded_serving_pairs(hardware, dataset, failures) if p not in planned]
+    return [serving_csv(hardware, lib, m, dataset) for lib, m in pairs]
+
+
 def serving_sweeps(wildcards):
-    """Every matrix library x model's sweep of the {dataset}; a sweep SLURM killed is its failure record
+    """The {dataset}'s sweeps (serving_sweep_csvs); a sweep SLURM killed is its failure record
     (rules/resources.smk), named under the plot."""
-    return [record_or_slurm_failure(serving_csv(wildcards.hardware, lib, m, wildcards.dataset))
-            for lib in PIPELINE.libraries for m in PIPELINE.models]
+    return [record_or_slurm_failure(p) for p in serving_sweep_csvs(wildcards.hardware, wildcards.dataset)]

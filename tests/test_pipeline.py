@@ -94,6 +94,27 @@ def test_dry_run_table_reads_another_models_records_without_planning_its_other_l
     assert inputs.index("llama2-7b") < inputs.index("mistral-7b")  # the matrix's model first
 
 
+def test_dry_run_serving_figure_reads_another_models_sweeps_without_planning_its_other_libraries(tmp_path):
+    """A model outside the matrix joins the serving figure (rules/serving_functions.smk,
+    recorded_serving_pairs) through the sweeps it has; its other libraries' sweeps are not planned."""
+    results = tmp_path / "results"
+    sweep = results / "a100" / "serving" / "vllm_llama2-13b_l2s.csv"
+    sweep.parent.mkdir(parents=True)
+    sweep.write_text("library,model\n")
+    (results / "a100" / "serving" / "vllm_llama2-13b_s2s.csv").write_text("library,model\n")  # another dataset
+    target = f"{results}/a100/figures/serving_l2s.png"
+    out = snakemake(["-n", target, "--config", "model=llama2-7b"], results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if "rule serving_figure:" in b)
+    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    for lib in ("transformers", "vllm", "llamacpp", "mii", "trtllm"):
+        assert f"a100/serving/{lib}_llama2-7b_l2s.csv" in inputs, lib
+    assert "a100/serving/vllm_llama2-13b_l2s.csv" in inputs and "_s2s.csv" not in inputs
+    assert "mii_llama2-13b" not in text
+    assert inputs.index("llama2-7b") < inputs.index("llama2-13b")  # the matrix's model first
+
+
 def test_bound_bounds_every_table_model_and_report_jobs_write_their_logs(tmp_path):
     """Rule dataset_bound makes a row for every model of the dataset's table (table_models: the matrix's
     model and one with only a record), and the report and figure rules each write their log (CPU jobs)."""

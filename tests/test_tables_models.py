@@ -1,5 +1,6 @@
 """Dataset tables of several models: one group of rows per model, the fairness gate within each group,
-each model's own roofline bound, and a throughput figure with one panel per model."""
+each model's own roofline bound, a throughput figure with one panel per model and serving figures with one
+block of panels per model."""
 import copy
 import json
 
@@ -165,3 +166,32 @@ def test_the_throughput_figure_has_one_panel_per_model_and_marks_incomparable_ro
 def test_the_throughput_figure_needs_a_table():
     with pytest.raises(ValueError, match="no dataset tables"):
         throughput_figure({}, "t")
+
+
+def test_the_serving_figure_has_one_block_of_panels_per_model_with_a_colour_per_library(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from inference_eval.serving import figures
+
+    captured = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: captured.setdefault("fig", fig))
+    rows = [{"library": lib, "model": model, "status": "ok", "rate": rate, "token_throughput_tok_s": tput * rate}
+            for model, libs in (("llama2-7b", ("vllm", "mii")), ("llama2-13b", ("vllm",)))
+            for lib, tput in zip(libs, (10.0, 7.0)) for rate in (2.0, 8.0)]
+    figures.serving_figure(pd.DataFrame(rows), tmp_path / "x.png")
+    fig = captured["fig"]
+    try:
+        n = len(figures.PANELS)
+        assert len(fig.axes) == 2 * n
+        assert [ax.get_title() for ax in fig.axes] == ["llama2-7b"] * n + ["llama2-13b"] * n
+        first_7b, first_13b = fig.axes[0], fig.axes[n]
+        assert [t.get_text() for t in first_7b.get_legend().get_texts()] == ["vllm / llama2-7b", "mii / llama2-7b"]
+        assert [t.get_text() for t in first_13b.get_legend().get_texts()] == ["vllm / llama2-13b"]
+        curve = {ln.get_label(): ln for ax in (first_7b, first_13b) for ln in ax.lines
+                 if not ln.get_label().startswith("_")}
+        assert list(curve["vllm / llama2-13b"].get_ydata()) == [20.0, 80.0]
+        assert curve["vllm / llama2-7b"].get_color() == curve["vllm / llama2-13b"].get_color()
+        assert curve["mii / llama2-7b"].get_color() != curve["vllm / llama2-7b"].get_color()
+    finally:
+        plt.close(fig)

@@ -6,8 +6,8 @@
 # read by inference_eval.campaign. Only what is specific to the lent machine is here, and why:
 # - It has no package index and no network: the engines and Snakemake travel as kits in carried folders
 #   that are unpacked here (.vk1/.vk2/.vk3 vLLM, three calls because a call carries at most 64 MiB; .pk
-#   Snakemake and the harness's wheels; .lcp llama.cpp's sources, compiled here in about 5 minutes; .mii
-#   DeepSpeed-MII), the dataset sources as .data and the Llama-2 tokenizer as .tokcache (HF_HUB_OFFLINE).
+#   Snakemake and the harness's wheels; .lcp llama.cpp's sources, compiled here in about 5 minutes; .mii1
+#   and .mii2 DeepSpeed-MII, two calls for the same reason), the dataset sources as .data and the Llama-2 tokenizer as .tokcache (HF_HUB_OFFLINE).
 #   The kits come from ../shared/device/*-kit.sh and scripts/device/mii-kit.sh.
 # - A call runs at most 600 s: each step has a time budget (BUDGET_S, default the campaign's call_budget_s),
 #   stops its Snakemake run cleanly when it is spent and then exits 124, meaning "send the same call
@@ -19,12 +19,13 @@
 #   tree, across calls. End-to-end timed runs start only once that work has ended (a quiet CPU and GPU).
 # Steps (carry what each names):
 #   run PART [BUDGET_S]  the part's Snakemake calls, one per dataset (DATASETS="l2s" runs only those);
-#                        vLLM parts carry .vk3 the first time on a machine, MII parts .mii, llama.cpp .lcp
+#                        vLLM parts carry .vk3 the first time on a machine, MII parts need miiprep, llama.cpp .lcp
 #                        unless lcpbuild ran; the first call on a machine also .pk .data .tokcache
 #   vk1 | vllm2          vLLM's kit parts 1 and 2 onto the machine (carry .vk1, then .vk2)
 #   ceilings             the copy bandwidth and bf16 matmul peak (scripts/device/ceilings.py)
 #   lcpbuild             llama.cpp's CUDA build, in the background (carry .lcp)
-#   miiprep              MII installed now, its FastGen ops JIT-built in the background (carry .mii)
+#   mii1                 MII's kit, first half, staged on the machine (carry .mii1)
+#   miiprep              MII installed now (carry .mii2, after mii1), its FastGen ops JIT-built in the background
 #   files PART           the model files PART reads (GGUF, safetensors), written in the background
 #   await NAME...        wait for background work (lcpbuild, miijit, files-<model>, run-<part>)
 #   trfprobe             Transformers' decode step at contexts up to 16k (scripts/device/trf_step_probe.py)
@@ -63,6 +64,14 @@ setup_python() {
   export PYTHONPATH=$PWD/src:/tmp/site:/tmp/lcpsite:/tmp/miisite:/tmp/pksite PATH=/tmp/pksite/bin:/tmp/miisite/bin:$PATH
 }
 
+# MII's kit from whichever half this call carries (.mii1, .mii2: scripts/device/mii-kit.sh); it is installed
+# once both halves are staged on the machine.
+mii_kit() {
+  local h
+  for h in .mii1 .mii2; do [ -d "$h" ] && source "$h/mii-install.sh"; done
+  [ -d /tmp/miisite/mii ] || { echo "MII is not installed on this machine: send mii1 (carry .mii1), then miiprep (carry .mii2)"; return 3; }
+}
+
 # MII's own packages first and vLLM's kit (/tmp/site) off the path, so that MII's server runs on the
 # packages its kit was checked with (docs/mii.md).
 mii_env() { export TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD/src:/tmp/miisite:/tmp/pksite; }
@@ -74,10 +83,7 @@ engine_env() {
       [ -d .vk3 ] && { source .vk3/vk-install.sh || return 3; }
       [ -d /tmp/site/vllm ] || { echo "vLLM is not installed on this machine: send vk1, vllm2, then this call with .vk3"; return 3; }
       setup_python ;;
-    mii*)
-      [ -d .mii ] && { source .mii/mii-install.sh || return 3; }
-      [ -d /tmp/miisite/mii ] || { echo "MII is not installed on this machine: carry .mii (or run miiprep first)"; return 3; }
-      setup_python && mii_env ;;
+    mii*) mii_kit && setup_python && mii_env ;;
     llamacpp*)
       if [ ! -d /tmp/lcpsite/llama_cpp ]; then
         if [ -d .lcp ]; then source .lcp/lcp-install.sh || return 3; else await lcpbuild "$(left)" || return 3; fi
@@ -184,8 +190,9 @@ case $step in
   lcpbuild)  # the kit kept on the machine (outside the re-sent tree), built in the background
     { rm -rf /root/lcpkit && mkdir -p /root/lcpkit && cp -r .lcp /root/lcpkit/
       background lcpbuild bash -c 'cd /root/lcpkit && source .lcp/lcp-install.sh'; } 2>&1 | tee "$log" ;;
+  mii1) { source .mii1/mii-install.sh; ls /root/miikit/whl; [ -f /root/miikit/.mii1.staged ]; } 2>&1 | tee "$log" ;;
   miiprep)
-    { source .mii/mii-install.sh && mii_env &&
+    { mii_kit && mii_env &&
       background miijit python3 scripts/device/mii_try.py precompile --logs "$CAMPAIGN/jitlogs"; } 2>&1 | tee "$log" ;;
   files)  # PART's model files, written on the CPU while the GPU measures another part
     { setup_python && part=${2:?part} && model=$(campaign calls "$part" | head -1 | cut -f2) &&

@@ -4,14 +4,20 @@
 # transformers, accelerate, safetensors, grpcio, protobuf, werkzeug, ninja, py-cpuinfo, msgpack, einops,
 # psutil, nvidia-ml-py, pillow ... stay the image's own.
 #
-# Here, in the project's root:   bash scripts/device/mii-kit.sh   -> .mii/ (git-ignored, about 53 MB)
-#   .mii/whl/        the wheels (deepspeed is built here from its source archive with DS_BUILD_OPS=0:
-#                    a pure-Python wheel whose CUDA ops compile just in time on the GPU with nvcc + ninja)
-#   .mii/tokenizer/  the Llama-2 tokenizer as HF files (inference_eval.datasets.tokenizer.save_llama2_tokenizer)
-#   .mii/mii-install.sh
-# On the device, carry [".mii"]:   source .mii/mii-install.sh && python3 scripts/device/mii_try.py ...
-#   (then mii.pipeline / mii.serve / python3 -m mii.entrypoints.openai_api_server work; docs/mii.md)
-# The whole bundle fits one call (64 MiB with the project's tree), so there is one part.
+# Here, in the project's root:   bash scripts/device/mii-kit.sh   -> .mii1/ and .mii2/ (git-ignored, about
+# 46 MB and 7 MB): the bundle is split in two because one device call carries at most 64 MiB with the
+# project's tree (about 14 MiB), so the whole bundle no longer fits one call. deepspeed-kernels' wheel alone
+# is 46 MB, so .mii1 holds it (and the tokenizer) and .mii2 the rest, which leaves room for .pk .data
+# .tokcache in .mii2's call.
+#   .mii1/whl/, .mii2/whl/  the wheels, split by size (deepspeed is built here from its source archive with
+#                    DS_BUILD_OPS=0: a pure-Python wheel whose CUDA ops compile just in time on the GPU with
+#                    nvcc + ninja)
+#   .mii1/tokenizer/ the Llama-2 tokenizer as HF files (inference_eval.datasets.tokenizer.save_llama2_tokenizer)
+#   .mii1/mii-install.sh, .mii2/mii-install.sh (the same script)
+# On the device, one call carries [".mii1"], the next [".mii2"]; each sources its half's mii-install.sh, which
+# stages the half in /root/miikit (outside the re-sent tree) and, once both halves are there, installs them
+# into /tmp/miisite (scripts/device/campaign.sh: steps mii1, then miiprep). Then mii.pipeline / mii.serve /
+# python3 -m mii.entrypoints.openai_api_server work (docs/mii.md); the tokenizer is /root/miikit/tokenizer.
 # DeepSpeed's FastGen ops (inference_core_ops, ragged_device_ops, ragged_ops) JIT-compile on each fresh
 # machine: about 105-140 s with the three built in parallel (mii_try.py precompile), TORCH_CUDA_ARCH_LIST=9.0.
 # Their build folder is 365 MB (99 MB gzipped), too big to carry back and forth, so it is not packed.
@@ -49,15 +55,30 @@ tar xzf "$work"/src/deepspeed-0.19.8.tar.gz -C "$work/src"
 PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" "$py" -c \
   "import sys; from inference_eval.datasets.tokenizer import save_llama2_tokenizer; save_llama2_tokenizer(sys.argv[1])" "$work/tokenizer"
 cd "$root"
-grep -qx '/.mii/' .git/info/exclude 2>/dev/null || echo '/.mii/' >> .git/info/exclude
-rm -rf .mii && mkdir -p .mii/whl && cp "$work"/whl/*.whl .mii/whl/ && cp -r "$work/tokenizer" .mii/tokenizer
-cat > .mii/mii-install.sh <<'INNER'
-# Sourced on the device: installs the packed wheels into /tmp/miisite once per machine.
+for half in .mii1 .mii2; do
+  grep -qx "/$half/" .git/info/exclude 2>/dev/null || echo "/$half/" >> .git/info/exclude
+done
+rm -rf .mii .mii1 .mii2 && mkdir -p .mii1/whl .mii2/whl && cp -r "$work/tokenizer" .mii1/tokenizer
+# Largest wheel first, each into the half with fewer bytes so far (halves as equal as the wheels allow).
+a=0; b=0
+while read -r size path; do
+  if [ "$a" -le "$b" ]; then cp "$path" .mii1/whl/; a=$((a + size)); else cp "$path" .mii2/whl/; b=$((b + size)); fi
+done < <(find "$work/whl" -name '*.whl' -printf '%s %p\n' | sort -rn)
+cat > .mii1/mii-install.sh <<'INNER'
+# Sourced on the device from a carried half (.mii1 or .mii2): the half joins /root/miikit; once both halves
+# are there, the wheels are installed into /tmp/miisite (once per machine). Returns 1 while a half is missing.
+half_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p /root/miikit/whl && cp "$half_dir"/whl/*.whl /root/miikit/whl/ && touch "/root/miikit/$(basename "$half_dir").staged"
+[ -d "$half_dir/tokenizer" ] && rm -rf /root/miikit/tokenizer && cp -r "$half_dir/tokenizer" /root/miikit/tokenizer
 if [ ! -d /tmp/miisite/mii ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/miisite .mii/whl/*.whl \
+  for h in .mii1 .mii2; do
+    [ -f "/root/miikit/$h.staged" ] || { echo "mii kit: $h is not on this machine yet: carry it in a call"; return 1; }
+  done
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/miisite /root/miikit/whl/*.whl \
     || { echo "mii kit: install failed"; return 1; }
 fi
 export PYTHONPATH=/tmp/miisite${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/miisite/bin:$PATH
 python3 -c "import deepspeed, mii, dskernels; print('deepspeed', deepspeed.__version__, 'mii', mii.__version__, 'dskernels', dskernels.library_path())"
 INNER
-du -sh .mii; ls .mii/whl | wc -l
+cp .mii1/mii-install.sh .mii2/mii-install.sh
+du -sh .mii1 .mii2; ls .mii1/whl .mii2/whl | wc -l

@@ -3,7 +3,7 @@
 (``PipelineConfig.job``), so each record's config is the one Snakemake would have passed.
 
     here:    .venv/bin/python scripts/device/mii_rows.py prepare .miirun   (configs + built dataset rows)
-    device:  source .mii/mii-install.sh && PYTHONPATH=$PWD/src:$PYTHONPATH \
+    device:  (steps mii1 and miiprep of campaign.sh staged and installed the kit) && PYTHONPATH=$PWD/src:$PYTHONPATH \
                python3 scripts/device/mii_rows.py run .miirun $OUT [--budget S]
 
 ``run`` builds DeepSpeed's ops while the random-weight model folder is written (mii_try.py), then runs
@@ -73,7 +73,7 @@ def run(folder: Path, out: Path, budget: float) -> int:
     try_script = REPO / "scripts" / "device" / "mii_try.py"
     jit = subprocess.Popen([sys.executable, str(try_script), "precompile", "--logs", "/tmp/jitlogs"])
     subprocess.run([sys.executable, str(try_script), "write-model", str(model_dir), "--tokenizer",
-                    str(REPO / ".mii" / "tokenizer")], check=True)
+                    "/root/miikit/tokenizer"], check=True)
     if jit.wait() != 0:
         print("DeepSpeed op build failed: see /tmp/jitlogs", flush=True)
     print(f"[mii_rows] ops and model ready after {time.monotonic() - t0:.0f} s", flush=True)

@@ -1,9 +1,9 @@
 """Try DeepSpeed-MII on the lent GPU: JIT-build its ops, write a random-weight Llama-2-7B, generate exact lengths.
 
-Run on the device after ``source .mii/mii-install.sh`` (see scripts/device/mii-kit.sh):
+Run on the device once MII's kit is installed (its two halves, scripts/device/mii-kit.sh):
 
     python3 scripts/device/mii_try.py precompile --logs $OUT          # JIT-builds the three v2 op libraries
-    python3 scripts/device/mii_try.py write-model /tmp/llama2-7b --tokenizer .mii/tokenizer
+    python3 scripts/device/mii_try.py write-model /tmp/llama2-7b --tokenizer /root/miikit/tokenizer
     python3 scripts/device/mii_try.py run /tmp/llama2-7b --out $OUT
     python3 scripts/device/mii_try.py serve /tmp/llama2-7b --out $OUT     # MII's OpenAI-compatible server
 

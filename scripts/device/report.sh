@@ -25,6 +25,10 @@ done
 # stops with Snakemake's missing-input error naming it instead of starting that run on this machine.
 # --rerun-triggers mtime: the calls below carry different overrides (each dataset's row limit, the libraries
 # that ran), so a params trigger would remake the same tables and bounds in every call; they depend on files.
+# The bounds and the serving figures take their models from the records present (a second model's records
+# join a table and a figure without being planned), and mtime cannot see a set of inputs grow: those made
+# below are made again every time (fresh), so a model that arrived since gets its bound row and its panels.
+fresh() { rm -f "$@"; }
 REPORT_RULES="dataset_table dataset_bound theory_ops theory_roofline throughput_figure serving_figure fit_coefficients module_figures"
 sm() {
   local model=$1 ov=$2; shift 2
@@ -41,17 +45,22 @@ ran() { ls results/$hw/batch/*/$1/$2.json 2>/dev/null | awk -F/ '{print $4}' | p
 tables=()
 for d in s2s l2s s2l; do
   libs=$(ran llama2-7b $d); [ -n "$libs" ] || continue
-  sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$libs]" "results/$hw/${d}_table.csv"; tables+=("$d")
+  fresh "results/$hw/${d}_bound.csv"
+  sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$libs]" "results/$hw/${d}_bound.csv" \
+    "results/$hw/${d}_table.csv"; tables+=("$d")
 done
 libs=$(ran vicuna-7b-16k s16k)
-[ -z "$libs" ] || sm vicuna-7b-16k "dataset.limit=$(limit s16k) matrix.libraries=[$libs]" "results/$hw/s16k_table.csv"
+[ -z "$libs" ] || fresh "results/$hw/s16k_bound.csv"
+[ -z "$libs" ] || sm vicuna-7b-16k "dataset.limit=$(limit s16k) matrix.libraries=[$libs]" "results/$hw/s16k_bound.csv" \
+  "results/$hw/s16k_table.csv"
 sm llama2-7b "" "results/$hw/theory/llama2-7b_ops_b8_s512.csv" "results/$hw/theory/llama2-7b_roofline.png"
 # The throughput figure over the tables made above (its rule reads only the tables).
 all=$(IFS=,; echo "${tables[*]}")
 sm llama2-7b "matrix.datasets=[$all] matrix.libraries=[$(ran llama2-7b s2s)]" "results/$hw/figures/throughput.png"
 for d in s2s l2s; do
   served=$(ls results/$hw/serving/*_llama2-7b_$d.csv 2>/dev/null | sed "s#.*/##; s#_llama2-7b_$d.csv##" | paste -sd, -)
-  [ -z "$served" ] || sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$served]" "results/$hw/figures/serving_$d.png"
+  [ -z "$served" ] || { fresh "results/$hw/figures/serving_$d.png"
+    sm llama2-7b "dataset.limit=$(limit $d) matrix.libraries=[$served]" "results/$hw/figures/serving_$d.png"; }
 done
 # The fitted time model and the module figures over the libraries the campaign profiled (a modules record each).
 profiled=$(ls results/$hw/modules/*.json 2>/dev/null | sed 's#.*/##; s#\.json$##' | paste -sd, -)

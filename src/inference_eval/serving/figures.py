@@ -1,5 +1,6 @@
 """Serving curves (the paper's Figures 1, 4, 5): throughput and latency against the request rate, one
-line per library (and model), for one dataset. Rows that did not run are named under the plot.
+line per library, for one dataset, in one block of panels per model (a library keeps its colour in every
+block). Rows that did not run are named under the plot.
 
 Where the sweep carries them (``serving.metrics.CI_COLUMNS``), each panel with ``<col>_ci_lo`` /
 ``<col>_ci_hi`` columns gets a shaded band: the 95 % bootstrap interval over that rate's requests (it
@@ -105,10 +106,26 @@ def _per_rate(rows: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def _rate_range(rates: pd.Series, x_scale: str) -> tuple[float, float] | None:
+    """The rate axis's limits shared by every block: the finite, positive rates padded by 10 % of the
+    span (in log space on a log axis); None when fewer than two distinct rates leave nothing to span."""
+    r = pd.to_numeric(rates, errors="coerce").to_numpy(float)
+    r = r[np.isfinite(r) & (r > 0)]
+    if len(r) == 0 or r.min() == r.max():
+        return None
+    if x_scale == "log":
+        lo, hi = np.log10(r.min()), np.log10(r.max())
+        pad = 0.1 * (hi - lo)
+        return float(10 ** (lo - pad)), float(10 ** (hi + pad))
+    pad = 0.1 * (r.max() - r.min())
+    return float(r.min() - pad), float(r.max() + pad)
+
+
 def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     plotted = frame[frame["rate"].notna() & frame["status"].isin(["ok", "invalid"])].copy()
     plotted["rate"] = pd.to_numeric(plotted["rate"], errors="coerce")
@@ -127,7 +144,9 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
                 plotted[c] = pd.to_numeric(plotted[c], errors="coerce")
 
     names = list(dict.fromkeys(plotted["series"]))  # first-appearance order, as seaborn's hue
-    colours = _series_colours(names)
+    library_of = dict(zip(plotted["series"], plotted["library"].astype(str)))
+    library_colours = _series_colours(list(dict.fromkeys(library_of.values())))
+    colours = {s: library_colours[library_of[s]] for s in names}  # one colour per library in every facet
     not_comparable = {s for s in names if not comparable[plotted["series"] == s].all()}
     reason_notes = []
     if not_comparable:
@@ -138,68 +157,82 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
     points = {s: _per_rate(plotted[plotted["series"] == s]) for s in names}
 
     x_scale = rate_axis_scale(plotted["rate"]) if not plotted.empty else "linear"
+    x_range = _rate_range(plotted["rate"], x_scale)
     ncols = (len(PANELS) + 1) // 2
-    fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
+    # One block of panels (two rows) per model: a model's rows are gated against that model's only, and
+    # a 13B curve beside 7B ones would read as a slower library.
+    models = list(dict.fromkeys(plotted["model"].astype(str))) or [""]
+    fig, axes = plt.subplots(2 * len(models), ncols, figsize=(5 * ncols, 8 * len(models)), squeeze=False)
     hollow_drawn = goodput_drawn = inf_drawn = client_drawn = False
-    for ax, (col, label) in zip(axes.flat, PANELS):
-        if plotted.empty or col not in plotted or plotted[col].isna().all():
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        else:
-            p99_panel = col.endswith("_p99")
-            has_ci = f"{col}_ci_lo" in plotted and f"{col}_ci_hi" in plotted
-            for s in names:
-                pts = points[s]
-                pts = pts[pts[col].notna()] if col in pts else pts.iloc[0:0]
-                if pts.empty:
-                    continue
-                faded = s in not_comparable
-                colour, alpha = colours[s], (0.45 if faded else 1.0)
-                x, y = pts["rate"].to_numpy(float), pts[col].to_numpy(float)
-                legend = s + (" (not comparable)" if faded else "")
-                ax.plot(x, y, linestyle="--" if faded else "-", color=colour, alpha=alpha, label=legend)
-                reliable = pts["p99_reliable"].to_numpy(bool) if p99_panel else np.ones(len(pts), dtype=bool)
-                ax.plot(x[reliable], y[reliable], linestyle="none", marker="o", color=colour, alpha=alpha)
-                if (~reliable).any():
-                    hollow_drawn = True
-                    ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
-                            markeredgecolor=colour, alpha=alpha)
-                if "client_limited" in pts:  # rates the load generator, not the server, may have paced
-                    limited = pts["client_limited"].to_numpy(float) > 0
-                    if limited.any():
-                        client_drawn = True
-                        ax.plot(x[limited], y[limited], linestyle="none", marker="o", markersize=12,
-                                markerfacecolor="none", markeredgecolor="red", alpha=alpha)
-                if col == "token_throughput_tok_s":
-                    top = int(np.nanargmax(y))  # the peak of the curve (the rate search places it)
-                    ax.plot([x[top]], [y[top]], linestyle="none", marker="D", markersize=9, markerfacecolor="none",
-                            markeredgecolor=colour, alpha=alpha)
-                    inf_rows = plotted[(plotted["series"] == s) & np.isinf(plotted["rate"].to_numpy(float))]
-                    if len(inf_rows) and inf_rows[col].notna().any():
-                        inf_drawn = True
-                        ax.axhline(float(inf_rows[col].mean()), linestyle="-.", linewidth=1, color=colour, alpha=alpha)
-                if col == "token_throughput_tok_s" and "goodput_tok_s" in pts and pts["goodput_tok_s"].notna().any():
-                    goodput_drawn = True
-                    g = pts["goodput_tok_s"].to_numpy(float)
-                    ax.plot(x, g, linestyle=":", marker="x", color=colour, alpha=alpha)
-                    # the sweep's own judgement (scenario.goodput_share); CSVs without it: the default share
-                    within = (pts["within_goodput_share"].to_numpy(float) > 0 if "within_goodput_share" in pts
-                              else g >= GOODPUT_SHARE * y)
-                    if within.any():  # the goodput knee: the highest rate still within the share
-                        k = np.flatnonzero(within)[-1]
-                        ax.plot([x[k]], [y[k]], linestyle="none", marker="*", markersize=13, color=colour, alpha=alpha)
-                if has_ci and f"{col}_ci_lo" in pts:
-                    lo, hi = pts[f"{col}_ci_lo"].to_numpy(float), pts[f"{col}_ci_hi"].to_numpy(float)
-                    band = np.isfinite(lo) & np.isfinite(hi)
-                    if band.any():
-                        ax.fill_between(x, lo, hi, where=band, interpolate=False, color=colour,
-                                        alpha=0.2 * alpha, linewidth=0)
-            if ax is axes.flat[0]:
-                ax.legend(fontsize=8)
-        ax.set_xscale(x_scale)
-        ax.set_xlabel("request rate (req/s" + (", log scale)" if x_scale == "log" else ")"))
-        ax.set_ylabel(label)
-    for ax in list(axes.flat)[len(PANELS):]:
-        ax.set_visible(False)
+    for mi, model in enumerate(models):
+        block = plotted[plotted["model"].astype(str) == model] if model else plotted
+        block_names = [n for n in names if n in set(block["series"])]
+        block_axes = list(axes[2 * mi: 2 * mi + 2].flat)
+        for ax, (col, label) in zip(block_axes, PANELS):
+            if block.empty or col not in block or block[col].isna().all():
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            else:
+                p99_panel = col.endswith("_p99")
+                has_ci = f"{col}_ci_lo" in plotted and f"{col}_ci_hi" in plotted
+                for s in block_names:
+                    pts = points[s]
+                    pts = pts[pts[col].notna()] if col in pts else pts.iloc[0:0]
+                    if pts.empty:
+                        continue
+                    faded = s in not_comparable
+                    colour, alpha = colours[s], (0.45 if faded else 1.0)
+                    x, y = pts["rate"].to_numpy(float), pts[col].to_numpy(float)
+                    legend = s + (" (not comparable)" if faded else "")
+                    ax.plot(x, y, linestyle="--" if faded else "-", color=colour, alpha=alpha, label=legend)
+                    reliable = pts["p99_reliable"].to_numpy(bool) if p99_panel else np.ones(len(pts), dtype=bool)
+                    ax.plot(x[reliable], y[reliable], linestyle="none", marker="o", color=colour, alpha=alpha)
+                    if (~reliable).any():
+                        hollow_drawn = True
+                        ax.plot(x[~reliable], y[~reliable], linestyle="none", marker="o", markerfacecolor="white",
+                                markeredgecolor=colour, alpha=alpha)
+                    if "client_limited" in pts:  # rates the load generator, not the server, may have paced
+                        limited = pts["client_limited"].to_numpy(float) > 0
+                        if limited.any():
+                            client_drawn = True
+                            ax.plot(x[limited], y[limited], linestyle="none", marker="o", markersize=12,
+                                    markerfacecolor="none", markeredgecolor="red", alpha=alpha)
+                    if col == "token_throughput_tok_s":
+                        top = int(np.nanargmax(y))  # the peak of the curve (the rate search places it)
+                        ax.plot([x[top]], [y[top]], linestyle="none", marker="D", markersize=9, markerfacecolor="none",
+                                markeredgecolor=colour, alpha=alpha)
+                        inf_rows = plotted[(plotted["series"] == s) & np.isinf(plotted["rate"].to_numpy(float))]
+                        if len(inf_rows) and inf_rows[col].notna().any():
+                            inf_drawn = True
+                            ax.axhline(float(inf_rows[col].mean()), linestyle="-.", linewidth=1, color=colour, alpha=alpha)
+                    if col == "token_throughput_tok_s" and "goodput_tok_s" in pts and pts["goodput_tok_s"].notna().any():
+                        goodput_drawn = True
+                        g = pts["goodput_tok_s"].to_numpy(float)
+                        ax.plot(x, g, linestyle=":", marker="x", color=colour, alpha=alpha)
+                        # the sweep's own judgement (scenario.goodput_share); CSVs without it: the default share
+                        within = (pts["within_goodput_share"].to_numpy(float) > 0 if "within_goodput_share" in pts
+                                  else g >= GOODPUT_SHARE * y)
+                        if within.any():  # the goodput knee: the highest rate still within the share
+                            k = np.flatnonzero(within)[-1]
+                            ax.plot([x[k]], [y[k]], linestyle="none", marker="*", markersize=13, color=colour, alpha=alpha)
+                    if has_ci and f"{col}_ci_lo" in pts:
+                        lo, hi = pts[f"{col}_ci_lo"].to_numpy(float), pts[f"{col}_ci_hi"].to_numpy(float)
+                        band = np.isfinite(lo) & np.isfinite(hi)
+                        if band.any():
+                            ax.fill_between(x, lo, hi, where=band, interpolate=False, color=colour,
+                                            alpha=0.2 * alpha, linewidth=0)
+                if ax is block_axes[0]:
+                    ax.legend(fontsize=8)
+            ax.set_xscale(x_scale)
+            if x_range:  # every block on one rate axis, so that the models' curves line up
+                ax.set_xlim(*x_range)
+            if x_scale == "log":  # a block spanning under a decade would label every minor tick
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("request rate (req/s" + (", log scale)" if x_scale == "log" else ")"))
+            ax.set_ylabel(label)
+            if len(models) > 1:
+                ax.set_title(models[mi], fontsize=10)
+        for ax in block_axes[len(PANELS):]:
+            ax.set_visible(False)
 
     missing = frame[~frame["status"].isin(["ok", "invalid"])]
     notes = sorted({f"{r.library}/{r.model}: {r.status}"
@@ -224,7 +257,8 @@ def serving_figure(frame: pd.DataFrame, out_path: str | Path, title: str = "") -
     if any(f"{col}_ci_lo" in plotted for col, _ in PANELS):
         footer.append("bands: 95 % bootstrap interval over the rate's requests (excludes run-to-run variation)")
     if footer:
-        fig.text(0.01, -0.02 - 0.02 * len(footer), "\n".join(footer), fontsize=8, va="bottom")
+        # below the panels, at the same height in inches whatever the number of blocks
+        fig.text(0.01, (-0.02 - 0.02 * len(footer)) / len(models), "\n".join(footer), fontsize=8, va="bottom")
     title = title or "serving: throughput and latency vs request rate"
     if "dataset_source" in frame and (frame["dataset_source"].astype(str) == "synthetic").any():
         title += " (SYNTHETIC dataset: random token ids)"
