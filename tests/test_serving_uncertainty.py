@@ -202,18 +202,49 @@ def test_figure_with_intervals(tmp_path):
     _png_ok(out)
 
 
-def test_figure_after_csv_round_trip(tmp_path):
+def _drawn(monkeypatch):
+    """The figures serving_figure writes, still open (the PNG is written as well): ``[(path, fig), ...]``."""
+    from inference_eval.serving import figures
+    real, drawn = figures.write_figure, []
+
+    def keep(path, fig):
+        real(path, fig)
+        drawn.append((path, fig))
+    monkeypatch.setattr(figures, "write_figure", keep)
+    return drawn
+
+
+def _axis(fig, col):
+    from inference_eval.serving.figures import PANELS
+    label = dict(PANELS)[col]
+    return next(ax for ax in fig.axes if ax.get_ylabel() == label)
+
+
+def test_figure_after_csv_round_trip(tmp_path, monkeypatch):
+    """Read back from CSV (bools as strings): the 50-request rate is still hollow in the p99 panels, and
+    the interval bands are still drawn."""
+    import matplotlib.pyplot as plt
     from inference_eval.serving.figures import load_sweeps, serving_figure
     from inference_eval.serving.sweep import COLUMNS
+    drawn = _drawn(monkeypatch)
     csv = tmp_path / "sweep.csv"
     pd.DataFrame(_sweep_rows("vllm")).reindex(columns=list(COLUMNS)).to_csv(csv, index=False)
     out = tmp_path / "serving_csv.png"
     serving_figure(load_sweeps([csv]), out)
     _png_ok(out)
+    (_, fig), = drawn
+    hollow = [ln for ln in _axis(fig, "ttft_s_p99").lines if ln.get_markerfacecolor() == "white"]
+    assert [list(ln.get_xdata()) for ln in hollow] == [[5.0]]
+    assert _axis(fig, "ttft_s_p50").collections, "no interval band"
+    plt.close(fig)
 
 
-def test_figure_with_non_comparable_series(tmp_path):
+def test_figure_with_non_comparable_series(tmp_path, monkeypatch):
+    """The not-comparable series is dashed and labelled so, also when the flags come back from a CSV as
+    strings and NaN (a missing flag counts as comparable)."""
+    import matplotlib.pyplot as plt
     from inference_eval.serving.figures import serving_figure
+    drawn = _drawn(monkeypatch)
     rows = (_sweep_rows("vllm", comparable=True, comparability_reason="")
             + _sweep_rows("sglang", seed=20, comparable=False, comparability_reason="prefix caching on"))
     out = tmp_path / "serving_cmp.png"
@@ -226,6 +257,12 @@ def test_figure_with_non_comparable_series(tmp_path):
     out2 = tmp_path / "serving_cmp_csv.png"
     serving_figure(frame, out2)
     _png_ok(out2)
+    for _, fig in drawn:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert legend == ["vllm / tiny-llama", "sglang / tiny-llama (not comparable)"]
+        styles = {ln.get_label(): ln.get_linestyle() for ln in fig.axes[0].lines if not ln.get_label().startswith("_")}
+        assert styles == {"vllm / tiny-llama": "-", "sglang / tiny-llama (not comparable)": "--"}
+        plt.close(fig)
 
 
 def test_figure_old_csv_without_new_columns(tmp_path):
