@@ -48,6 +48,16 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def dry_run_inputs(target: str, results, rule: str) -> tuple[str, str]:
+    """A dry run of ``target`` with the matrix's model Llama-2-7B: its whole output, and the `input:` line
+    of the first job of ``rule`` in it."""
+    out = snakemake(["-n", target, "--config", "model=llama2-7b"], results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if f"rule {rule}:" in b)
+    return text, next(line for line in block.splitlines() if line.strip().startswith("input:"))
+
+
 def test_dry_run_all_plans_the_whole_matrix(tmp_path):
     out = snakemake(["-n", "all"], tmp_path / "results")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -81,12 +91,7 @@ def test_dry_run_table_reads_another_models_records_without_planning_its_other_l
         rec = results / "a100" / "batch" / lib / "mistral-7b" / "s2s.json"
         rec.parent.mkdir(parents=True)
         rec.write_text("{}")
-    target = f"{results}/a100/s2s_table.csv"
-    out = snakemake(["-n", target, "--config", "model=llama2-7b"], results)
-    assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout + out.stderr
-    block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if "rule dataset_table:" in b)
-    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    text, inputs = dry_run_inputs(f"{results}/a100/s2s_table.csv", results, "dataset_table")
     for lib in ("transformers", "vllm", "llamacpp", "mii", "trtllm"):
         assert f"a100/batch/{lib}/llama2-7b/s2s.json" in inputs, lib
     assert "a100/batch/vllm/mistral-7b/s2s.json" in inputs
@@ -102,12 +107,7 @@ def test_dry_run_serving_figure_reads_another_models_sweeps_without_planning_its
     sweep.parent.mkdir(parents=True)
     sweep.write_text("library,model\n")
     (results / "a100" / "serving" / "vllm_llama2-13b_s2s.csv").write_text("library,model\n")  # another dataset
-    target = f"{results}/a100/figures/serving_l2s.png"
-    out = snakemake(["-n", target, "--config", "model=llama2-7b"], results)
-    assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout + out.stderr
-    block = next(b for b in re.split(r"\n(?=\[|localrule |rule )", text) if "rule serving_figure:" in b)
-    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    text, inputs = dry_run_inputs(f"{results}/a100/figures/serving_l2s.png", results, "serving_figure")
     for lib in ("transformers", "vllm", "llamacpp", "mii", "trtllm"):
         assert f"a100/serving/{lib}_llama2-7b_l2s.csv" in inputs, lib
     assert "a100/serving/vllm_llama2-13b_l2s.csv" in inputs and "_s2s.csv" not in inputs
