@@ -7,7 +7,8 @@
 # - It has no package index and no network: the engines and Snakemake travel as kits in carried folders
 #   that are unpacked here (.vk1/.vk2/.vk3 vLLM, three calls because a call carries at most 64 MiB; .pk
 #   Snakemake and the harness's wheels; .lcp llama.cpp's sources, compiled here in about 5 minutes; .mii1
-#   and .mii2 DeepSpeed-MII, two calls for the same reason), the dataset sources as .data and the Llama-2 tokenizer as .tokcache (HF_HUB_OFFLINE).
+#   and .mii2 DeepSpeed-MII, two calls for the same reason), the dataset sources as .data and the Llama-2
+#   tokenizer as .tokcache (HF_HUB_OFFLINE).
 #   The kits come from ../shared/device/*-kit.sh and scripts/device/mii-kit.sh.
 # - A call runs at most 600 s: each step has a time budget (BUDGET_S, default the campaign's call_budget_s),
 #   stops its Snakemake run cleanly when it is spent and then exits 124, meaning "send the same call

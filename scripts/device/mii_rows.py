@@ -3,8 +3,8 @@
 (``PipelineConfig.job``), so each record's config is the one Snakemake would have passed.
 
     here:    .venv/bin/python scripts/device/mii_rows.py prepare .miirun   (configs + built dataset rows)
-    device:  (steps mii1 and miiprep of campaign.sh staged and installed the kit) && PYTHONPATH=$PWD/src:$PYTHONPATH \
-               python3 scripts/device/mii_rows.py run .miirun $OUT [--budget S]
+    device (after campaign.sh's steps mii1 and miiprep installed the kit):
+             PYTHONPATH=$PWD/src:/tmp/miisite:$PYTHONPATH python3 scripts/device/mii_rows.py run .miirun $OUT [--budget S]
 
 ``run`` builds DeepSpeed's ops while the random-weight model folder is written (mii_try.py), then runs
 the jobs in ``.miirun/jobs.json`` in order, skipping what would not finish inside ``--budget`` seconds,

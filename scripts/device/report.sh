@@ -50,9 +50,11 @@ for d in s2s l2s s2l; do
     "results/$hw/${d}_table.csv"; tables+=("$d")
 done
 libs=$(ran vicuna-7b-16k s16k)
-[ -z "$libs" ] || fresh "results/$hw/s16k_bound.csv"
-[ -z "$libs" ] || sm vicuna-7b-16k "dataset.limit=$(limit s16k) matrix.libraries=[$libs]" "results/$hw/s16k_bound.csv" \
-  "results/$hw/s16k_table.csv"
+if [ -n "$libs" ]; then
+  fresh "results/$hw/s16k_bound.csv"
+  sm vicuna-7b-16k "dataset.limit=$(limit s16k) matrix.libraries=[$libs]" "results/$hw/s16k_bound.csv" \
+    "results/$hw/s16k_table.csv"
+fi
 sm llama2-7b "" "results/$hw/theory/llama2-7b_ops_b8_s512.csv" "results/$hw/theory/llama2-7b_roofline.png"
 # The throughput figure over the tables made above (its rule reads only the tables).
 all=$(IFS=,; echo "${tables[*]}")
