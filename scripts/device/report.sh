@@ -75,6 +75,9 @@ if [ -d "results/$hw/before-fairness" ]; then
   .venv/bin/python scripts/device/fairness_summary.py "results/$hw" > "results/$hw/.FAIRNESS.md.tmp" &&
     mv "results/$hw/.FAIRNESS.md.tmp" "results/$hw/FAIRNESS.md"
 fi
+# What the campaign has run on this column and what is left, part by part (results/<hw>/CAMPAIGN.md).
+PYTHONPATH=src .venv/bin/python -m inference_eval.campaign progress "${CAMPAIGN_NAME:-$hw}" --hardware "$hw" \
+  --markdown > "results/$hw/.CAMPAIGN.md.tmp" && mv "results/$hw/.CAMPAIGN.md.tmp" "results/$hw/CAMPAIGN.md"
 # The column's SUMMARY.md and the README's teaser tables, both generated from the tables made above.
 .venv/bin/python scripts/write_summary.py "results/$hw"
 .venv/bin/python scripts/write_teaser.py

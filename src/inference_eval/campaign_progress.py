@@ -1,0 +1,195 @@
+"""How far a campaign has come on one hardware column: every part's datasets against the records present.
+
+For each part of a campaign (``inference_eval.campaign``) and each of its datasets, the record the
+pipeline writes there (the part's target under ``results/<hw>/``) is read and put in one state:
+
+- ``ran``: the record ran with the campaign's settings (a batch record ``ok`` with every request exact
+  and the campaign's repeats; a sweep whose rates ran, with the rate search where the schedule asks for
+  it; a modules record ``ok``).
+- ``recorded``: a record with another outcome (``failed``, ``not_installed``, ``unsupported``, ...):
+  the table's row states the reason, and running it again on the same machine would give the same row.
+- ``stale``: a record made with other settings than the campaign's (no fairness manifest, another row
+  limit, fewer repeats, a fixed-rate sweep where the schedule searches): its row is in the tables, marked
+  by the comparability gate, and the campaign still has to run it.
+- ``missing``: no record; the tables have no row for the pair.
+
+``seconds`` is what the record measured of the device's time: a batch job's whole wall time in the
+harness (model load included), or the sum of a sweep's measured windows (server start and warm-up
+requests left out, so it is a lower bound), or a modules run's measuring time. What is left to run is
+estimated from the parts' ``estimate_s``, in proportion to their datasets still stale or missing.
+
+    python -m inference_eval.campaign progress h200 [--hardware h100] [--results results] [--markdown]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from inference_eval.campaign import Campaign, Part
+from inference_eval.records.base import RecordError
+from inference_eval.records.batch import BatchRecord
+from inference_eval.records.serving import read_sweep
+
+STATES = ("ran", "recorded", "stale", "missing")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One dataset of one part (a modules part has one entry, dataset None) on one hardware column."""
+
+    part: str
+    dataset: str | None
+    target: str
+    state: str                 # one of STATES
+    detail: str                # what the record says: its status, why it is stale, where a search stopped
+    seconds: float | None      # device seconds the record measured (None: no record, or it has none)
+
+
+def _batch(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, float | None]:
+    rec = BatchRecord.load(path)
+    seconds = rec.harness_wall_s or rec.worker_wall_s
+    if not rec.has_result:
+        return "recorded", f"{rec.status}: {rec.reason}".rstrip(": "), seconds
+    stale = []
+    if rec.fairness is None:
+        stale.append("no fairness manifest")
+    if rec.row_limit != c.limit(dataset):
+        stale.append(f"row limit {rec.row_limit}, the campaign's {c.limit(dataset)}")
+    want = p.repeats or c.repeats
+    if (rec.repeats or 1) < want:
+        stale.append(f"{rec.repeats or 1} timed repeat(s), the campaign's {want}")
+    if rec.status != "ok":
+        stale.append(f"{rec.status}: {rec.reason}")
+    exact = f"{rec.n_exact}/{rec.n_requests} exact, {rec.repeats or 1} repeat(s)"
+    return ("stale", "; ".join(stale), seconds) if stale else ("ran", exact, seconds)
+
+
+def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, float | None]:
+    rows = read_sweep(path)
+    ran = [r for r in rows if r.ran]
+    durations = [r.duration_s for r in ran if r.duration_s is not None and not math.isnan(r.duration_s)]
+    seconds = sum(durations) if durations else None
+    if not ran:
+        first = rows[0] if rows else None
+        return "recorded", f"{first.status}: {first.reason}" if first else "an empty sweep", seconds
+    stale = []
+    if all(r.prefix_caching in (None, "") for r in rows):
+        stale.append("no fairness manifest")
+    limits = {r.row_limit for r in rows if r.row_limit is not None}
+    if limits and limits != {c.limit(dataset)}:
+        stale.append(f"row limit {', '.join(map(str, sorted(limits)))}, the campaign's {c.limit(dataset)}")
+    searches = bool((c.schedules[p.schedule].get("search") or {}).get("enabled")) if p.schedule else False
+    phases = {r.search_phase for r in rows}
+    if searches and not phases & {"grow", "bisect", "inf"}:
+        stale.append(f"{len(rows)} fixed rates, no rate search")
+    if stale:
+        return "stale", "; ".join(stale), seconds
+    stop = next((r.search_note for r in reversed(rows) if r.search_note), "")
+    detail = f"{len(ran)}/{len(rows)} rates ran" + (", inf point" if "inf" in phases else "")
+    return "ran", detail + (f"; search: {stop}" if stop else ""), seconds
+
+
+# The profiling settings that change what a modules record measured (its shapes and repeats), as opposed to
+# how it was run (the libraries of one call, Nsight Compute's time box).
+MEASURED_PROFILING_KEYS = ("seq", "batch", "extra", "heldout", "warmup", "repeats")
+
+
+def _profiling_overrides(p: Part) -> dict[str, object]:
+    """The part's ``profiling.<key>=<value>`` overrides of measured settings, values parsed as Hydra does
+    for these (YAML flow values: ``[[2,256],[16,128]]``, ``3``)."""
+    import yaml
+
+    out = {}
+    for override in p.overrides:
+        key, _, value = override.partition("=")
+        name = key.removeprefix("profiling.")
+        if key.startswith("profiling.") and name in MEASURED_PROFILING_KEYS:
+            out[name] = yaml.safe_load(value)
+    return out
+
+
+def _modules(p: Part, path: Path) -> tuple[str, str, float | None]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    status, reason = data.get("status"), data.get("reason") or ""
+    seconds = data.get("measure_s")
+    if status != "ok":
+        return "recorded", f"{status}: {reason}".rstrip(": "), seconds
+    settings = data.get("settings") or {}
+    stale = [f"profiling.{k} = {json.dumps(settings.get(k))}, the campaign's {json.dumps(v)}"
+             for k, v in _profiling_overrides(p).items() if settings.get(k) != v]
+    if stale:
+        return "stale", "; ".join(stale), seconds
+    return "ran", f"{len(data.get('points') or [])} points", seconds
+
+
+def entries(c: Campaign, results: str | Path = "results") -> list[Entry]:
+    """Every part's datasets (in the campaign's order) with the state of its record under ``results``.
+    A record that cannot be read is ``stale`` with the reading error as its detail."""
+    out = []
+    for p in c.parts.values():
+        for dataset in c.calls(p.name):
+            target = c.targets(p.name, dataset, str(results))[0]
+            path = Path(target)
+            if not path.is_file():
+                out.append(Entry(p.name, dataset, target, "missing", "", None))
+                continue
+            try:
+                if p.scenario == "batch":
+                    state, detail, seconds = _batch(c, p, dataset, path)
+                elif p.scenario == "serving":
+                    state, detail, seconds = _serving(c, p, dataset, path)
+                else:
+                    state, detail, seconds = _modules(p, path)
+            except (OSError, ValueError, RecordError) as exc:    # json.JSONDecodeError is a ValueError
+                state, detail, seconds = "stale", f"unreadable record: {exc}", None
+            out.append(Entry(p.name, dataset, target, state, detail, seconds))
+    return out
+
+
+def remaining_s(c: Campaign, rows: Sequence[Entry]) -> int:
+    """The estimated device seconds of what is stale or missing: each part's ``estimate_s`` shared evenly
+    over its datasets."""
+    total = 0.0
+    for p in c.parts.values():
+        mine = [e for e in rows if e.part == p.name]
+        todo = sum(e.state in ("stale", "missing") for e in mine)
+        total += p.estimate_s * todo / max(len(mine), 1)
+    return round(total)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(c: Campaign, rows: Sequence[Entry], markdown: bool = False) -> str:
+    """The entries as a table (Markdown with ``markdown``), with the counts per state and the estimate of
+    what is left first."""
+    counts = {s: sum(e.state == s for e in rows) for s in STATES}
+    measured = sum(e.seconds or 0.0 for e in rows)
+    left = remaining_s(c, rows)
+    parts_done = sum(all(e.state in ("ran", "recorded") for e in rows if e.part == p) for p in c.parts)
+    summary = (f"Campaign {c.name} on {c.hardware}: {len(rows)} part datasets; "
+               + ", ".join(f"{counts[s]} {s}" for s in STATES)
+               + f". {parts_done} of {len(c.parts)} parts complete. The records measured {measured / 60:.0f} "
+                 f"device minutes; left to run: about {left} s ({left / 60:.0f} minutes, from the parts' "
+                 f"estimate_s).")
+    header = ("part", "dataset", "state", "seconds", "detail")
+    table = [(e.part, e.dataset or "-", e.state, "" if e.seconds is None else f"{e.seconds:.0f}", e.detail)
+             for e in rows]
+    if markdown:
+        lines = [f"# What has run of campaign {c.name} on {c.hardware}", "",
+                 f"Generated by `python -m inference_eval.campaign progress {c.name} --hardware {c.hardware} "
+                 f"--markdown` from the records under results/{c.hardware}/ and {c.path.name}'s parts "
+                 "(states: `inference_eval.campaign_progress`). Do not edit.", "",
+                 summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in table]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
+    lines = [summary, ""]
+    for r in [header, *table]:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in lines) + "\n"
