@@ -22,12 +22,13 @@ def _batch(results: Path, lib: str, dataset: str, **fields) -> None:
     BatchRecord(**values).save(results / "h200" / "batch" / lib / "llama2-7b" / f"{dataset}.json")
 
 
-def _sweep(results: Path, dataset: str, phases: list[str], note: str = "") -> None:
-    rows = [ServingRow(library="vllm", model="llama2-7b", dataset=dataset, hardware="h200", rate=float(2 ** i),
-                       status="ok", duration_s=10.0, search_phase=phase, prefix_caching="False",
+def _sweep(results: Path, dataset: str, phases: list[str], note: str = "", lib: str = "vllm",
+           prefix_caching: str | None = "False") -> None:
+    rows = [ServingRow(library=lib, model="llama2-7b", dataset=dataset, hardware="h200", rate=float(2 ** i),
+                       status="ok", duration_s=10.0, search_phase=phase, prefix_caching=prefix_caching,
                        row_limit={"s2s": 200, "l2s": 64}[dataset], search_note=note if i == len(phases) - 1 else "")
             for i, phase in enumerate(phases)]
-    path = results / "h200" / "serving" / f"vllm_llama2-7b_{dataset}.csv"
+    path = results / "h200" / "serving" / f"{lib}_llama2-7b_{dataset}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows_frame(rows).to_csv(path, index=False)
 
@@ -47,6 +48,7 @@ def test_each_state_from_its_record(tmp_path):
     bad.write_text("{not json", encoding="utf-8")
     _sweep(tmp_path, "s2s", ["fixed", "fixed", "fixed"])
     _sweep(tmp_path, "l2s", ["fixed", "grow", "bisect", "inf"], note="throughput flat over 2 steps")
+    _sweep(tmp_path, "l2s", ["fixed", "grow", "inf"], lib="mii", prefix_caching=None)   # empty manifest cells
 
     rows = campaign_progress.entries(c, tmp_path)
     got = _by_key(rows)
@@ -66,18 +68,21 @@ def test_each_state_from_its_record(tmp_path):
     served = got[("vllm-7b-serving", "l2s")]
     assert served.state == "ran" and served.seconds == 40.0
     assert served.detail == "4/4 rates ran, inf point; search: throughput flat over 2 steps"
+    assert (got[("mii-7b-serving", "l2s")].state, got[("mii-7b-serving", "l2s")].detail) == (
+        "stale", "no fairness manifest")
     assert got[("vllm-modules", None)].state == "missing" and got[("mii-13b-batch", "s2l")].state == "missing"
 
     # what is left: each part's estimate over its datasets still stale or missing
     todo = {p: sum(e.state in ("stale", "missing") for e in rows if e.part == p) for p in c.parts}
     assert todo["vllm-7b-batch"] == 2 and todo["trtllm-7b-batch"] == 2 and todo["vllm-7b-serving"] == 1
+    assert todo["mii-7b-serving"] == 2
     want = sum(c.parts[p].estimate_s * n / len(c.calls(p)) for p, n in todo.items())
     assert campaign_progress.remaining_s(c, rows) == round(want)
 
     text = campaign_progress.render(c, rows, markdown=True)
     assert text.startswith("# What has run of campaign h200 on h200\n")
     first = next(line for line in text.splitlines() if line.startswith("Campaign "))
-    assert first.startswith(f"Campaign h200 on h200: {len(rows)} part datasets; 2 ran, 1 recorded, 5 stale, ")
+    assert first.startswith(f"Campaign h200 on h200: {len(rows)} part datasets; 2 ran, 1 recorded, 6 stale, ")
     assert f"left to run: about {round(want)} s" in first
     assert "| vllm-7b-serving | s2s | stale | 30 | 3 fixed rates, no rate search |" in text
     plain = campaign_progress.render(c, rows)

@@ -68,6 +68,11 @@ def _batch(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, fl
     return ("stale", "; ".join(stale), seconds) if stale else ("ran", exact, seconds)
 
 
+def _blank(value: object) -> bool:
+    """An empty cell of a sweep CSV: None, "", or NaN (a column older rows lack)."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
 def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, float | None]:
     rows = read_sweep(path)
     ran = [r for r in rows if r.ran]
@@ -77,9 +82,9 @@ def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, 
         first = rows[0] if rows else None
         return "recorded", f"{first.status}: {first.reason}" if first else "an empty sweep", seconds
     stale = []
-    if all(r.prefix_caching in (None, "") for r in rows):
+    if all(_blank(r.prefix_caching) for r in rows):
         stale.append("no fairness manifest")
-    limits = {r.row_limit for r in rows if r.row_limit is not None}
+    limits = {int(r.row_limit) for r in rows if not _blank(r.row_limit)}
     if limits and limits != {c.limit(dataset)}:
         stale.append(f"row limit {', '.join(map(str, sorted(limits)))}, the campaign's {c.limit(dataset)}")
     searches = bool((c.schedules[p.schedule].get("search") or {}).get("enabled")) if p.schedule else False
