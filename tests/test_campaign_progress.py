@@ -79,7 +79,18 @@ def test_each_state_from_its_record(tmp_path):
     want = sum(c.parts[p].estimate_s * n / len(c.calls(p)) for p, n in todo.items())
     assert campaign_progress.remaining_s(c, rows) == round(want)
 
+    left = {part: (ds, sec) for part, ds, sec in campaign_progress.todo(c, rows)}
+    assert left["vllm-7b-batch"] == (("l2s", "s2l"), 200) and "trf-7b-batch" in left
+    assert "vllm-7b-serving" in left and "trtllm-7b-batch" in left    # l2s and s2l have no record
+    assert left["vllm-modules"] == ((), c.parts["vllm-modules"].estimate_s)
+    assert campaign_progress.run_command(c, "vllm-7b-batch", ("l2s", "s2l")) == (
+        'DATASETS="l2s s2l" bash scripts/device/campaign.sh run vllm-7b-batch')
+    assert campaign_progress.run_command(c, "trf-7b-batch", ("s2s", "l2s", "s2l")) == (
+        "bash scripts/device/campaign.sh run trf-7b-batch")
+
     text = campaign_progress.render(c, rows, markdown=True)
+    assert "\n## Left to run\n" in text
+    assert '- `vllm-7b-batch` (l2s, s2l; about 200 s): `DATASETS="l2s s2l" bash scripts/device/campaign.sh' in text
     assert text.startswith("# What has run of campaign h200 on h200\n")
     first = next(line for line in text.splitlines() if line.startswith("Campaign "))
     assert first.startswith(f"Campaign h200 on h200: {len(rows)} part datasets; 2 ran, 1 recorded, 6 stale, ")
@@ -87,6 +98,7 @@ def test_each_state_from_its_record(tmp_path):
     assert "| vllm-7b-serving | s2s | stale | 30 | 3 fixed rates, no rate search |" in text
     plain = campaign_progress.render(c, rows)
     assert "vllm-7b-batch" in plain and "|" not in plain.splitlines()[2]
+    assert '    200 s  DATASETS="l2s s2l" bash scripts/device/campaign.sh run vllm-7b-batch' in plain.splitlines()
 
 
 def test_the_committed_h100_column_reads_as_its_records(capsys):

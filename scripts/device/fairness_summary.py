@@ -2,7 +2,8 @@
     python scripts/device/fairness_summary.py results/h200 > results/h200/FAIRNESS.md   (report.sh runs it)
 
 Reads the rows kept from before (``<hw>/before-fairness/``: vLLM's serving sweeps with its prefix cache on,
-the batch records of one run each, Transformers at static batch 8) and the re-run ones in their usual
+the batch records of one run each, Transformers at static batch 8; MII's and llama.cpp's rows made before the
+manifest, which unpack_results.py keeps there when their re-runs arrive) and the re-run ones in their usual
 places, and prints Markdown tables: vLLM serving per rate, vLLM against MII at the same rates, and the
 batch rows with their repeats. Every number comes from a CSV or record under ``<hw>/``.
 """
@@ -47,6 +48,9 @@ def serving_tables(hw: Path, dataset: str) -> list[str]:
     after = read_sweep(after_path)
     mii_path = hw / "serving" / f"mii_llama2-7b_{dataset}.csv"
     mii = read_sweep(mii_path) if mii_path.exists() else None
+    # MII's own row from before, once MII has been re-run too (unpack_results.py kept it); else its one row
+    mii_before_path = hw / "before-fairness" / "serving" / f"mii_llama2-7b_{dataset}.csv"
+    mii_before = read_sweep(mii_before_path) if mii_before_path.exists() else mii
     old_hit = _last_logged_hit_rate(hw / "before-fairness" / "serving" / "runs" / f"vllm_llama2-7b_{dataset}")
     out = heading + [
         f"Before: vLLM 0.24's default (prefix caching on); its log's last hit-rate line: {old_hit}. "
@@ -61,16 +65,19 @@ def serving_tables(hw: Path, dataset: str) -> list[str]:
                    f"| {_ms(b.tpot_s_mean)} / {_ms(a.tpot_s_mean)} | {_ms(b.e2e_s_p99)} / {_ms(a.e2e_s_p99)} "
                    f"| {a.prefix_cache_hit_rate:.1%} | {int(a.n_ok)}/{int(a.n_measured)} |")
     if mii is not None:
-        out += ["", f"vLLM against MII on {dataset} (MII's rows as published: FastGen has no prefix cache, but the "
-                "rows predate the manifest, so the gate marks them; ratios are MII / vLLM, above 1 = vLLM better):", "",
+        whose = ("MII's rows before and after its own re-run with the fair defaults" if mii_before is not mii else
+                 "MII's rows as published: FastGen has no prefix cache, but the rows predate the manifest, so the "
+                 "gate marks them")
+        out += ["", f"vLLM against MII on {dataset} ({whose}; ratios are MII / vLLM, above 1 = vLLM better):", "",
                 "| rate | TPOT mean MII / vLLM, before -> after | E2E p99 MII / vLLM, before -> after "
                 "| TTFT p50 MII / vLLM, before -> after |", "|---|---|---|---|"]
         for a in after:
             m = next((r for r in mii if r.rate == a.rate), None)
+            mb = next((r for r in mii_before if r.rate == a.rate), None)
             b = next((r for r in before if r.rate == a.rate), None)
-            if m is None or b is None:
+            if m is None or mb is None or b is None:
                 continue
-            cells = [f"{getattr(m, k) / getattr(b, k):.2f}x -> {getattr(m, k) / getattr(a, k):.2f}x"
+            cells = [f"{getattr(mb, k) / getattr(b, k):.2f}x -> {getattr(m, k) / getattr(a, k):.2f}x"
                      for k in ("tpot_s_mean", "e2e_s_p99", "ttft_s_p50")]
             out.append(f"| {a.rate:g} | " + " | ".join(cells) + " |")
     return out + [""]
@@ -84,7 +91,9 @@ def batch_table(hw: Path) -> list[str]:
     out = ["### Batch rows: one run before, 3 repeats after (mean, 95 % Student-t interval, every repeat)", "",
            "| library | dataset | before: time, tok/s | after: mean time (95 % CI), tok/s | repeat times (s) "
            "| batching after | exact |", "|---|---|---|---|---|---|---|"]
-    for lib in ("vllm", "transformers"):
+    before_setting = {"transformers": "static batch 8", "vllm": "prefix caching on, vLLM's default",
+                      "mii": "no manifest", "llamacpp": "no manifest"}
+    for lib in ("vllm", "transformers", "mii", "llamacpp"):
         for d in ("s2s", "l2s", "s2l"):
             b = _record(hw / "before-fairness" / "batch" / lib / "llama2-7b" / f"{d}.json")
             a = _record(hw / "batch" / lib / "llama2-7b" / f"{d}.json")
@@ -93,7 +102,7 @@ def batch_table(hw: Path) -> list[str]:
             lo, hi = a.total_time_ci95_lo_s, a.total_time_ci95_hi_s
             ci = f"{lo:.3g} to {hi:.3g}" if lo is not None and hi is not None else "n/a"
             batching = a.settings.get("batching", "")
-            before_batching = "static batch 8" if lib == "transformers" else "prefix caching on, vLLM's default"
+            before_batching = before_setting[lib]
             out.append(f"| {lib} | {d} | {b.total_time_s:.3g} s, {b.token_throughput_tok_s:,.0f} ({before_batching}) "
                        f"| {a.total_time_s:.3g} s ({ci}), {a.token_throughput_tok_s:,.0f} "
                        f"| {' '.join(f'{t:.3g}' for t in a.repeat_times_s)} | {batching} "

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Tables and figures of a GPU campaign, made here (no GPU needed) from what its steps brought back:
 #   bash scripts/device/report.sh HW results-HW.tgz [more.tgz ...]
-# Unpacks each step's results-<hw>.tgz (later ones win) into results/, then runs only the report rules
+# Unpacks each step's results-<hw>.tgz (later ones win) into results/ (scripts/device/unpack_results.py: a
+# committed record made before the fair defaults that an archive replaces moves to results/<hw>/before-fairness/
+# first, and every other replaced record is named), then runs only the report rules
 # (tables, bounds, theory, figures, the fit: REPORT_RULES below), never a run: the records came from the GPU,
 # and a run planned here would start on the wrong hardware.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 hw=${1:?hardware key}; shift
-for tgz in "$@"; do tar xzf "$tgz" -C .; done
+[ $# -eq 0 ] || .venv/bin/python scripts/device/unpack_results.py "$hw" "$@"
 # The seeded subsets' rows per dataset: the campaign's (conf/campaign/<CAMPAIGN_NAME>.yaml, default the hardware
 # key; the H100 column ran the same subsets: CAMPAIGN_NAME=h200 for it).
 limit() { PYTHONPATH=src .venv/bin/python -m inference_eval.campaign limit "${CAMPAIGN_NAME:-$hw}" "$1"; }

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from inference_eval.campaign import Campaign, Part
-from inference_eval.records.base import RecordError
+from inference_eval.records.base import RecordError, blank_cell
 from inference_eval.records.batch import BatchRecord
 from inference_eval.records.serving import read_sweep
 
@@ -68,11 +68,6 @@ def _batch(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, fl
     return ("stale", "; ".join(stale), seconds) if stale else ("ran", exact, seconds)
 
 
-def _blank(value: object) -> bool:
-    """An empty cell of a sweep CSV: None, "", or NaN (a column older rows lack)."""
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
 def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, float | None]:
     rows = read_sweep(path)
     ran = [r for r in rows if r.ran]
@@ -82,9 +77,9 @@ def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, 
         first = rows[0] if rows else None
         return "recorded", f"{first.status}: {first.reason}" if first else "an empty sweep", seconds
     stale = []
-    if all(_blank(r.prefix_caching) for r in rows):
+    if all(blank_cell(r.prefix_caching) for r in rows):
         stale.append("no fairness manifest")
-    limits = {int(r.row_limit) for r in rows if not _blank(r.row_limit)}
+    limits = {int(r.row_limit) for r in rows if not blank_cell(r.row_limit)}
     if limits and limits != {c.limit(dataset)}:
         stale.append(f"row limit {', '.join(map(str, sorted(limits)))}, the campaign's {c.limit(dataset)}")
     searches = bool((c.schedules[p.schedule].get("search") or {}).get("enabled")) if p.schedule else False
@@ -166,6 +161,27 @@ def remaining_s(c: Campaign, rows: Sequence[Entry]) -> int:
     return round(total)
 
 
+def todo(c: Campaign, rows: Sequence[Entry]) -> list[tuple[str, tuple[str, ...], int]]:
+    """The parts with datasets still stale or missing, in the campaign's order: (part, those datasets
+    (empty for a modules part), their share of the part's ``estimate_s``)."""
+    out = []
+    for p in c.parts.values():
+        mine = [e for e in rows if e.part == p.name]
+        left = [e for e in mine if e.state in ("stale", "missing")]
+        if left:
+            datasets = tuple(e.dataset for e in left if e.dataset is not None)
+            out.append((p.name, datasets, round(p.estimate_s * len(left) / max(len(mine), 1))))
+    return out
+
+
+def run_command(c: Campaign, part: str, datasets: Sequence[str]) -> str:
+    """The device call that runs what is left of ``part`` (scripts/device/campaign.sh; ``DATASETS`` when only
+    some of its datasets are left, since a fresh machine has none of the committed records)."""
+    p = c.part(part)
+    only = f'DATASETS="{" ".join(datasets)}" ' if datasets and tuple(datasets) != p.datasets else ""
+    return f"{only}bash scripts/device/campaign.sh run {part}"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -192,9 +208,14 @@ def render(c: Campaign, rows: Sequence[Entry], markdown: bool = False) -> str:
                  "(states: `inference_eval.campaign_progress`). Do not edit.", "",
                  summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in table]
+        lines += ["", "## Left to run", "", "Each part with datasets still stale or missing, its share of the part's "
+                  "`estimate_s` and the device call (docs/campaign.md: what to carry first):", ""]
+        lines += [f"- `{part}` ({', '.join(ds) or 'one call'}; about {sec} s): `{run_command(c, part, ds)}`"
+                  for part, ds, sec in todo(c, rows)] or ["- nothing: every part ran or has its row with a reason"]
         return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
     lines = [summary, ""]
     for r in [header, *table]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1])
+    lines += ["", "Left to run:"] + [f"  {sec:>5} s  {run_command(c, part, ds)}" for part, ds, sec in todo(c, rows)]
     return "\n".join(line.rstrip() for line in lines) + "\n"

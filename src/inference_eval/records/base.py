@@ -33,6 +33,11 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def blank_cell(value: Any) -> bool:
+    """An empty value of a record or CSV cell: None, "" or NaN (a column that older rows lack)."""
+    return _missing(value) or (isinstance(value, str) and not value.strip())
+
+
 def schema_version(data: Mapping[str, Any], source: str) -> int:
     """The schema version of ``data`` (1 when it has none); ``RecordVersionError`` for an unknown one."""
     value = data.get(VERSION_KEY)
