@@ -5,18 +5,21 @@ pipeline writes there (the part's target under ``results/<hw>/``) is read and pu
 
 - ``ran``: the record ran with the campaign's settings (a batch record ``ok`` with every request exact
   and the campaign's repeats; a sweep whose rates ran, with the rate search where the schedule asks for
-  it; a modules record ``ok``).
+  it; a modules record ``ok`` with the shapes and repeats that the part's ``profiling.*`` overrides name).
 - ``recorded``: a record with another outcome (``failed``, ``not_installed``, ``unsupported``, ...):
-  the table's row states the reason, and running it again on the same machine would give the same row.
+  the table's row states the reason and the campaign does not plan it again (a library missing from the
+  machine gives the same row each time; a transient failure, e.g. a timeout, shows in the detail: re-run
+  that part by hand).
 - ``stale``: a record made with other settings than the campaign's (no fairness manifest, another row
-  limit, fewer repeats, a fixed-rate sweep where the schedule searches): its row is in the tables, marked
-  by the comparability gate, and the campaign still has to run it.
-- ``missing``: no record; the tables have no row for the pair.
+  limit, fewer repeats, a fixed-rate sweep where the schedule searches, other profiling shapes): its row is
+  in the tables (the comparability gate marks one without a manifest), and the campaign still has to run it.
+- ``missing``: no record; the tables have no row for the pair, and this list is where the gap is stated.
 
 ``seconds`` is what the record measured of the device's time: a batch job's whole wall time in the
 harness (model load included), or the sum of a sweep's measured windows (server start and warm-up
 requests left out, so it is a lower bound), or a modules run's measuring time. What is left to run is
-estimated from the parts' ``estimate_s``, in proportion to their datasets still stale or missing.
+estimated from the parts' ``estimate_s``, in proportion to their datasets still stale or missing, and
+the table ends with those parts and the device call that runs each (``todo``, ``run_command``).
 
     python -m inference_eval.campaign progress h200 [--hardware h100] [--results results] [--markdown]
 """
