@@ -114,7 +114,7 @@ def test_the_committed_h100_column_reads_as_its_records(capsys):
     assert got[("trf-eager-modules", None)].state == "stale"
     assert got[("trf-eager-modules", None)].detail.startswith("profiling.extra = [[2, 256]], the campaign's")
 
-    assert campaign.main(["progress", "h200", "--hardware", "h100", "--results", str(ROOT / "results"),
+    assert campaign_progress.main(["h200", "--hardware", "h100", "--results", str(ROOT / "results"),
                           "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "\nCampaign h200 on h100: " in out and "| part | dataset | state | seconds | detail |" in out
@@ -137,3 +137,8 @@ def test_the_committed_campaign_pages_are_what_progress_generates():
         assert page == campaign_progress.render(c, campaign_progress.entries(c, ROOT / "results"), markdown=True), (
             f"results/{hw}/CAMPAIGN.md is out of date: run python -m inference_eval.campaign progress h200 "
             f"--hardware {hw} --markdown > results/{hw}/CAMPAIGN.md")
+
+
+def test_an_unknown_campaign_is_named(capsys):
+    assert campaign_progress.main(["nope"]) == 2
+    assert "no campaign 'nope'" in capsys.readouterr().err

@@ -78,7 +78,7 @@ if [ -d "results/$hw/before-fairness" ]; then
     mv "results/$hw/.FAIRNESS.md.tmp" "results/$hw/FAIRNESS.md"
 fi
 # What the campaign has run on this column and what is left, part by part (results/<hw>/CAMPAIGN.md).
-PYTHONPATH=src .venv/bin/python -m inference_eval.campaign progress "${CAMPAIGN_NAME:-$hw}" --hardware "$hw" \
+PYTHONPATH=src .venv/bin/python -m inference_eval.campaign_progress "${CAMPAIGN_NAME:-$hw}" --hardware "$hw" \
   --markdown > "results/$hw/.CAMPAIGN.md.tmp" && mv "results/$hw/.CAMPAIGN.md.tmp" "results/$hw/CAMPAIGN.md"
 # The column's SUMMARY.md and the README's teaser tables, both generated from the tables made above.
 .venv/bin/python scripts/write_summary.py "results/$hw"

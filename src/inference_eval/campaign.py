@@ -15,7 +15,8 @@ the row limit in their path, so each call carries exactly one ``dataset.limit``.
     python -m inference_eval.campaign files h200 PART              the model files the part's jobs read
     python -m inference_eval.campaign limit h200 DATASET           the rows of DATASET's seeded subset
     python -m inference_eval.campaign budget h200                  call_budget_s
-    python -m inference_eval.campaign progress h200 [--markdown]   each part's records: ran, stale, missing
+
+What has run of a campaign, part by part: ``python -m inference_eval.campaign_progress h200``.
 
 ``scripts/device/campaign.sh run PART`` runs a part on the lent GPU; docs/campaign.md says how.
 """
@@ -327,23 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "scenario, background (1/0), overrides, targets"),
                           ("files", "the model files the part's jobs read"),
                           ("limit", "the rows of a dataset's seeded subset"),
-                          ("budget", "the seconds one call's Snakemake runs may take (call_budget_s)"),
-                          ("progress", "each part's datasets against the records under --results: ran, recorded, "
-                                       "stale or missing, with the device seconds measured and left")):
+                          ("budget", "the seconds one call's Snakemake runs may take (call_budget_s)")):
         p = sub.add_parser(cmd, help=helptext)
         p.add_argument("campaign", help="a conf/campaign member (h200) or a campaign file")
         p.add_argument("--hardware", help="run the campaign on this conf/hardware member instead of its own "
                                           "(the same rows and schedules, so the two columns compare)")
         if cmd == "limit":
             p.add_argument("dataset")
-        elif cmd not in ("parts", "budget", "progress"):
+        elif cmd not in ("parts", "budget"):
             p.add_argument("part")
             if cmd in ("targets", "overrides"):
                 p.add_argument("dataset", nargs="?")
-        if cmd in ("targets", "files", "calls", "progress"):
+        if cmd in ("targets", "files", "calls"):
             p.add_argument("--results", default="results", help="the results_dir of the Snakemake call")
-        if cmd == "progress":
-            p.add_argument("--markdown", action="store_true", help="a Markdown table (results/<hw>/CAMPAIGN.md)")
     args = ap.parse_args(argv)
     try:
         c = on_hardware(load(args.campaign), args.hardware)
@@ -357,10 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(c.targets(args.part, args.dataset, args.results)))
         elif args.cmd == "overrides":
             print(override_string(c.overrides(args.part, args.dataset)))
-        elif args.cmd == "progress":
-            from inference_eval import campaign_progress
-
-            print(campaign_progress.render(c, campaign_progress.entries(c, args.results), args.markdown), end="")
         elif args.cmd == "files":
             print("\n".join(c.model_files(args.part, args.results)))
         else:
