@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,7 @@ def _batch(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, fl
 def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, float | None]:
     rows = read_sweep(path)
     ran = [r for r in rows if r.ran]
-    durations = [r.duration_s for r in ran if r.duration_s is not None and not math.isnan(r.duration_s)]
+    durations = [r.duration_s for r in ran if not blank_cell(r.duration_s)]
     seconds = sum(durations) if durations else None
     if not ran:
         first = rows[0] if rows else None
@@ -155,28 +154,28 @@ def entries(c: Campaign, results: str | Path = "results") -> list[Entry]:
     return out
 
 
-def remaining_s(c: Campaign, rows: Sequence[Entry]) -> int:
-    """The estimated device seconds of what is stale or missing: each part's ``estimate_s`` shared evenly
-    over its datasets."""
-    total = 0.0
-    for p in c.parts.values():
-        mine = [e for e in rows if e.part == p.name]
-        todo = sum(e.state in ("stale", "missing") for e in mine)
-        total += p.estimate_s * todo / max(len(mine), 1)
-    return round(total)
-
-
-def todo(c: Campaign, rows: Sequence[Entry]) -> list[tuple[str, tuple[str, ...], int]]:
-    """The parts with datasets still stale or missing, in the campaign's order: (part, those datasets
-    (empty for a modules part), their share of the part's ``estimate_s``)."""
+def _left(c: Campaign, rows: Sequence[Entry]) -> list[tuple[str, tuple[str, ...], float]]:
+    """Per part with datasets still stale or missing: (part, those datasets (empty for a modules part), their
+    share of the part's ``estimate_s``, spread evenly over its datasets)."""
     out = []
     for p in c.parts.values():
         mine = [e for e in rows if e.part == p.name]
         left = [e for e in mine if e.state in ("stale", "missing")]
         if left:
             datasets = tuple(e.dataset for e in left if e.dataset is not None)
-            out.append((p.name, datasets, round(p.estimate_s * len(left) / max(len(mine), 1))))
+            out.append((p.name, datasets, p.estimate_s * len(left) / max(len(mine), 1)))
     return out
+
+
+def remaining_s(c: Campaign, rows: Sequence[Entry]) -> int:
+    """The estimated device seconds of what is stale or missing."""
+    return round(sum(share for _, _, share in _left(c, rows)))
+
+
+def todo(c: Campaign, rows: Sequence[Entry]) -> list[tuple[str, tuple[str, ...], int]]:
+    """The parts with datasets still stale or missing, in the campaign's order: (part, those datasets
+    (empty for a modules part), their share of the part's ``estimate_s``, in whole seconds)."""
+    return [(part, datasets, round(share)) for part, datasets, share in _left(c, rows)]
 
 
 def run_command(c: Campaign, part: str, datasets: Sequence[str]) -> str:
