@@ -23,9 +23,10 @@ def _batch(results: Path, lib: str, dataset: str, **fields) -> None:
 
 
 def _sweep(results: Path, dataset: str, phases: list[str], note: str = "", lib: str = "vllm",
-           prefix_caching: str | None = "False") -> None:
+           manifest: bool = True) -> None:
     rows = [ServingRow(library=lib, model="llama2-7b", dataset=dataset, hardware="h200", rate=float(2 ** i),
-                       status="ok", duration_s=10.0, search_phase=phase, prefix_caching=prefix_caching,
+                       status="ok", duration_s=10.0, search_phase=phase, prefix_caching="False" if manifest else None,
+                       requests_sha256="ab" if manifest else None,
                        row_limit={"s2s": 200, "l2s": 64}[dataset], search_note=note if i == len(phases) - 1 else "")
             for i, phase in enumerate(phases)]
     path = results / "h200" / "serving" / f"{lib}_llama2-7b_{dataset}.csv"
@@ -48,7 +49,7 @@ def test_each_state_from_its_record(tmp_path):
     bad.write_text("{not json", encoding="utf-8")
     _sweep(tmp_path, "s2s", ["fixed", "fixed", "fixed"])
     _sweep(tmp_path, "l2s", ["fixed", "grow", "bisect", "inf"], note="throughput flat over 2 steps")
-    _sweep(tmp_path, "l2s", ["fixed", "grow", "inf"], lib="mii", prefix_caching=None)   # empty manifest cells
+    _sweep(tmp_path, "l2s", ["fixed", "grow", "inf"], lib="mii", manifest=False)   # empty manifest cells
 
     rows = campaign_progress.entries(c, tmp_path)
     got = _by_key(rows)

@@ -24,9 +24,10 @@ def _record(total: float, fairness=None) -> bytes:
     return json.dumps(rec.to_dict()).encode()
 
 
-def _sweep(tok_s: float, prefix_caching) -> bytes:
+def _sweep(tok_s: float, manifest: bool) -> bytes:
     row = ServingRow(library="mii", model="llama2-7b", dataset="l2s", hardware="h200", rate=2.0, status="ok",
-                     token_throughput_tok_s=tok_s, prefix_caching=prefix_caching)
+                     token_throughput_tok_s=tok_s, prefix_caching="False" if manifest else None,
+                     requests_sha256="ab" if manifest else None)
     return rows_frame([row]).to_csv(index=False).encode()
 
 
@@ -55,11 +56,11 @@ def test_records_before_the_fair_defaults_are_kept_and_replacements_named(tmp_pa
     batch = "results/h200/batch/mii/llama2-7b/s2s"
     _write(tmp_path, {f"{batch}.json": _record(1.08), f"{batch}.log": b"old log", f"{batch}.requests.csv": b"old",
                       "results/h200/batch/vllm/llama2-7b/s2s.json": _record(0.56, MANIFEST),
-                      "results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(513.0, None),
+                      "results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(513.0, manifest=False),
                       "results/h200/serving/runs/mii_llama2-7b_l2s/server.log": b"old server"})
     new = {f"{batch}.json": _record(0.80, MANIFEST), f"{batch}.log": b"new log",
            "results/h200/batch/vllm/llama2-7b/s2s.json": _record(0.55, MANIFEST),
-           "results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(700.0, "False"),
+           "results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(700.0, manifest=True),
            "results/h200/serving/runs/mii_llama2-7b_l2s/server.log": b"new server",
            "results/datasets/s2s/rows.jsonl": b"{}\n"}
     done = _unpack(tmp_path, _archive(tmp_path / "results-h200.tgz", new))
@@ -80,9 +81,9 @@ def test_records_before_the_fair_defaults_are_kept_and_replacements_named(tmp_pa
     assert "datasets" not in done.stderr
 
     # a second re-run of a run whose "before" is kept: the first "before" stays, the replacement is named
-    _write(tmp_path, {"results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(600.0, None)})
+    _write(tmp_path, {"results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(600.0, manifest=False)})
     again = _unpack(tmp_path, _archive(tmp_path / "again.tgz",
-                                       {"results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(710.0, "False")}))
+                                       {"results/h200/serving/mii_llama2-7b_l2s.csv": _sweep(710.0, manifest=True)}))
     assert again.returncode == 0, again.stderr
     assert "513" in (before / "serving/mii_llama2-7b_l2s.csv").read_text()
     assert "already holds an earlier run" in again.stderr
@@ -107,7 +108,8 @@ def test_fairness_summary_reads_mii_before_and_after_its_re_run(tmp_path):
     hw = tmp_path / "results" / "h200"
     shutil.copytree(ROOT / "results" / "h200", hw, ignore=shutil.ignore_patterns("*.png", "*.html"))
     old_mii = pd.read_csv(hw / "serving" / "mii_llama2-7b_l2s.csv")
-    new_mii = old_mii.assign(tpot_s_mean=old_mii["tpot_s_mean"] * 0.5, prefix_caching="False")
+    new_mii = old_mii.assign(tpot_s_mean=old_mii["tpot_s_mean"] * 0.5, prefix_caching="False",
+                             requests_sha256="ab")
     old_batch = BatchRecord.load(hw / "batch" / "mii" / "llama2-7b" / "s2s.json")
     new_batch = BatchRecord.from_dict({**old_batch.to_dict(), "total_time_s": 0.9, "repeats": 3,
                                        "repeat_times_s": [0.9, 0.9, 0.9], "fairness": MANIFEST})

@@ -23,8 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from inference_eval.records import BatchRecord  # noqa: E402
-from inference_eval.records.base import blank_cell  # noqa: E402
-from inference_eval.records.serving import read_sweep  # noqa: E402
+from inference_eval.records.serving import read_sweep, sweep_made_before_manifest  # noqa: E402
 
 BEFORE = "before-fairness"
 
@@ -33,7 +32,7 @@ def made_before_the_fair_defaults(path: Path) -> bool:
     """Whether a committed batch record or sweep CSV has no fairness manifest."""
     if path.suffix == ".json":
         return BatchRecord.load(path).fairness is None
-    return all(blank_cell(r.prefix_caching) for r in read_sweep(path))
+    return sweep_made_before_manifest(read_sweep(path))
 
 
 def _companions(root: Path, hw: str, rel: str) -> list[str]:

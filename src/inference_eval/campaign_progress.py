@@ -36,7 +36,7 @@ from typing import Sequence
 from inference_eval.campaign import Campaign, CampaignError, Part, load, on_hardware
 from inference_eval.records.base import RecordError, blank_cell
 from inference_eval.records.batch import BatchRecord
-from inference_eval.records.serving import read_sweep
+from inference_eval.records.serving import read_sweep, sweep_made_before_manifest
 
 STATES = ("ran", "recorded", "stale", "missing")
 
@@ -81,7 +81,7 @@ def _serving(c: Campaign, p: Part, dataset: str, path: Path) -> tuple[str, str, 
         first = rows[0] if rows else None
         return "recorded", f"{first.status}: {first.reason}" if first else "an empty sweep", seconds
     stale = []
-    if all(blank_cell(r.prefix_caching) for r in rows):
+    if sweep_made_before_manifest(rows):
         stale.append("no fairness manifest")
     limits = {int(r.row_limit) for r in rows if not blank_cell(r.row_limit)}
     if limits and limits != {c.limit(dataset)}:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from inference_eval.records.base import Record, RecordError
+from inference_eval.records.base import Record, RecordError, blank_cell
 
 NAN = math.nan
 Number = float  # a CSV cell read back: counts too are floats where the column holds a missing value
@@ -161,6 +161,19 @@ class ServingRow(Record):
     def ran(self) -> bool:
         """Whether the rate produced numbers (status ok or invalid)."""
         return self.status in ("ok", "invalid")
+
+    @property
+    def has_manifest(self) -> bool:
+        """Whether the row carries a fairness manifest: the comparability gate's test
+        (``fairness.manifest_from_row``), the requests' sha256, which every row written since the
+        manifest columns exist has and every row made before them lacks."""
+        return not blank_cell(self.requests_sha256)
+
+
+def sweep_made_before_manifest(rows: Sequence[ServingRow]) -> bool:
+    """Whether a sweep predates the fairness manifest: none of the rates that ran carries one (a sweep
+    where no rate ran says nothing either way, and counts as made before)."""
+    return not any(r.has_manifest for r in rows if r.ran)
 
 
 def read_sweep(path: str | Path) -> list[ServingRow]:
