@@ -102,6 +102,28 @@ def test_each_state_from_its_record(tmp_path):
     assert '    200 s  DATASETS="l2s s2l" bash scripts/device/campaign.sh run vllm-7b-batch' in plain.splitlines()
 
 
+def test_a_failure_a_second_run_may_change_is_listed_with_its_call(tmp_path):
+    """A crash is recorded (its row states it, the left-to-run list does not plan it), and listed apart
+    with its device call; a library missing from the machine is not."""
+    c = campaign.load("h200")
+    _batch(tmp_path, "llamacpp", "l2s", status="failed", reason="server exited (code -9)", repeats=None)
+    _batch(tmp_path, "trtllm", "s2s", status="not_installed", reason="tensorrt_llm not installed", repeats=None)
+    rows = campaign_progress.entries(c, tmp_path)
+    got = _by_key(rows)
+    assert got[("llamacpp-7b-batch", "l2s")].state == "recorded"
+    assert [(e.part, e.dataset) for e in rows if campaign_progress.may_be_transient(e)] == [("llamacpp-7b-batch", "l2s")]
+    left = {part: ds for part, ds, _ in campaign_progress.todo(c, rows)}
+    assert left["llamacpp-7b-batch"] == ("s2s", "s2l")
+    text = campaign_progress.render(c, rows, markdown=True)
+    section = text.split("\n## Recorded failures a second run may change\n", 1)[1]
+    assert ('- `llamacpp-7b-batch` (l2s): failed: server exited (code -9): '
+            '`DATASETS="l2s" bash scripts/device/campaign.sh run llamacpp-7b-batch`') in section
+    assert "trtllm" not in section
+    plain = campaign_progress.render(c, rows)
+    assert ('  DATASETS="l2s" bash scripts/device/campaign.sh run llamacpp-7b-batch  # failed: server exited (code -9)'
+            in plain.splitlines())
+
+
 def test_the_committed_h100_column_reads_as_its_records(capsys):
     c = campaign.on_hardware(campaign.load("h200"), "h100")
     got = _by_key(campaign_progress.entries(c, ROOT / "results"))

@@ -8,8 +8,9 @@ pipeline writes there (the part's target under ``results/<hw>/``) is read and pu
   it; a modules record ``ok`` with the shapes and repeats that the part's ``profiling.*`` overrides name).
 - ``recorded``: a record with another outcome (``failed``, ``not_installed``, ``unsupported``, ...):
   the table's row states the reason and the campaign does not plan it again (a library missing from the
-  machine gives the same row each time; a transient failure, e.g. a timeout, shows in the detail: re-run
-  that part by hand).
+  machine gives the same row each time). An outcome that a second run may change (``RETRY_STATUSES``: a
+  crash, a time limit, an environment that failed to set up) is listed apart, with its device call, for a
+  person to judge.
 - ``stale``: a record made with other settings than the campaign's (no fairness manifest, another row
   limit, fewer repeats, a fixed-rate sweep where the schedule searches, other profiling shapes): its row is
   in the tables (the comparability gate marks one without a manifest), and the campaign still has to run it.
@@ -39,6 +40,10 @@ from inference_eval.records.batch import BatchRecord
 from inference_eval.records.serving import read_sweep, sweep_made_before_manifest
 
 STATES = ("ran", "recorded", "stale", "missing")
+
+# Record outcomes that need not repeat on a second run, unlike ``not_installed``, ``unsupported`` or ``oom``,
+# which the same machine and settings give again.
+RETRY_STATUSES = ("failed", "timeout", "env_failed")
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,12 @@ def todo(c: Campaign, rows: Sequence[Entry]) -> list[tuple[str, tuple[str, ...],
     return [(part, datasets, round(share)) for part, datasets, share in _left(c, rows)]
 
 
+def may_be_transient(e: Entry) -> bool:
+    """Whether ``e`` is a recorded outcome that a second run may change (its detail starts with the record's
+    status, as the readers above write it)."""
+    return e.state == "recorded" and e.detail.partition(":")[0] in RETRY_STATUSES
+
+
 def run_command(c: Campaign, part: str, datasets: Sequence[str]) -> str:
     """The device call that runs what is left of ``part`` (scripts/device/campaign.sh; ``DATASETS`` when only
     some of its datasets are left, since a fresh machine has none of the committed records)."""
@@ -216,12 +227,22 @@ def render(c: Campaign, rows: Sequence[Entry], markdown: bool = False) -> str:
                   "`estimate_s` and the device call (docs/campaign.md: what to carry first):", ""]
         lines += [f"- `{part}` ({', '.join(ds) or 'one call'}; about {sec} s): `{run_command(c, part, ds)}`"
                   for part, ds, sec in todo(c, rows)] or ["- nothing: every part ran or has its row with a reason"]
+        lines += ["", "## Recorded failures a second run may change", "",
+                  f"Recorded with a status in {', '.join(RETRY_STATUSES)}: not planned again above; read the "
+                  "detail and re-run by hand where the cause has gone:", ""]
+        lines += [f"- `{e.part}` ({e.dataset or 'one call'}): {_cell(e.detail)}: "
+                  f"`{run_command(c, e.part, [e.dataset] if e.dataset else [])}`"
+                  for e in rows if may_be_transient(e)] or ["- none"]
         return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
     lines = [summary, ""]
     for r in [header, *table]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1])
     lines += ["", "Left to run:"] + [f"  {sec:>5} s  {run_command(c, part, ds)}" for part, ds, sec in todo(c, rows)]
+    retry = [e for e in rows if may_be_transient(e)]
+    if retry:
+        lines += ["", "Recorded failures a second run may change (re-run by hand):"]
+        lines += [f"  {run_command(c, e.part, [e.dataset] if e.dataset else [])}  # {e.detail}" for e in retry]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
