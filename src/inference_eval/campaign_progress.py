@@ -189,6 +189,11 @@ def may_be_transient(e: Entry) -> bool:
     return e.state == "recorded" and e.detail.partition(":")[0] in RETRY_STATUSES
 
 
+def retries(c: Campaign, rows: Sequence[Entry]) -> list[tuple[Entry, str]]:
+    """The recorded outcomes a second run may change, in the campaign's order, each with its device call."""
+    return [(e, run_command(c, e.part, [e.dataset] if e.dataset else [])) for e in rows if may_be_transient(e)]
+
+
 def run_command(c: Campaign, part: str, datasets: Sequence[str]) -> str:
     """The device call that runs what is left of ``part`` (scripts/device/campaign.sh; ``DATASETS`` when only
     some of its datasets are left, since a fresh machine has none of the committed records)."""
@@ -230,19 +235,18 @@ def render(c: Campaign, rows: Sequence[Entry], markdown: bool = False) -> str:
         lines += ["", "## Recorded failures a second run may change", "",
                   f"Recorded with a status in {', '.join(RETRY_STATUSES)}: not planned again above; read the "
                   "detail and re-run by hand where the cause has gone:", ""]
-        lines += [f"- `{e.part}` ({e.dataset or 'one call'}): {_cell(e.detail)}: "
-                  f"`{run_command(c, e.part, [e.dataset] if e.dataset else [])}`"
-                  for e in rows if may_be_transient(e)] or ["- none"]
+        lines += [f"- `{e.part}` ({e.dataset or 'one call'}): {_cell(e.detail)}: `{command}`"
+                  for e, command in retries(c, rows)] or ["- none"]
         return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
     lines = [summary, ""]
     for r in [header, *table]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1])
     lines += ["", "Left to run:"] + [f"  {sec:>5} s  {run_command(c, part, ds)}" for part, ds, sec in todo(c, rows)]
-    retry = [e for e in rows if may_be_transient(e)]
+    retry = retries(c, rows)
     if retry:
         lines += ["", "Recorded failures a second run may change (re-run by hand):"]
-        lines += [f"  {run_command(c, e.part, [e.dataset] if e.dataset else [])}  # {e.detail}" for e in retry]
+        lines += [f"  {command}  # {e.detail}" for e, command in retry]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
