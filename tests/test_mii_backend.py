@@ -187,3 +187,25 @@ def test_synthetic_rows_are_sent_as_their_ids_decoded(fake_mii):
     b.load()
     r = Request("s", (1, 20, 21), 2, prompt=SYNTHETIC_PROMPT.format(n=3))
     assert r.text == "" and b.prompt_text(r) == "t20 t21"
+
+
+@pytest.mark.parametrize("message, status", [
+    # DeepSpeed 0.19.8's refusal of a linearly RoPE-scaled model (Vicuna-7B-16k), its words
+    ("Inference V2 cannot serve rope_type='linear' (LlamaConfig). The rotary embedding is built from "
+     "theta_base alone", "unsupported"),
+    ("some other bad value", "failed"),
+])
+def test_deepspeed_refusing_a_model_configuration_is_unsupported(monkeypatch, message, status):
+    from inference_eval.backends.mii_backend import MiiBackend
+    from inference_eval.batch_worker import classify
+
+    def pipeline(**kwargs):
+        raise ValueError(message)
+
+    monkeypatch.setitem(sys.modules, "mii", types.SimpleNamespace(pipeline=pipeline))
+    monkeypatch.setattr(MiiBackend, "load_tokenizer", staticmethod(lambda path: FakeTokenizer()))
+    backend = MiiBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", weights_dir="/m/weights"))
+    with pytest.raises((BackendUnsupported, ValueError)) as raised:
+        backend.load()
+    assert classify(raised.value) == status
+    assert message in str(raised.value)

@@ -29,6 +29,12 @@ from typing import Any, Sequence
 from inference_eval.backends.base import Backend, BackendUnavailable, BackendUnsupported
 from inference_eval.requests import Completion, Request
 
+# DeepSpeed's own refusal of a model configuration its kernels cannot run (0.19.x: "Inference V2 cannot
+# serve rope_type='linear' ...", raised as a ValueError while the engine is built). The same model and
+# library versions give it again on any machine, so the row is `unsupported` (the paper's '-' cell), not
+# `failed` (which a second run might change).
+CANNOT_SERVE_MARKER = "cannot serve"
+
 NOT_INSTALLED = ("deepspeed-mii is not installed: it needs CUDA kernels (deepspeed-kernels), no CPU build "
                  "(pip install deepspeed-mii on a Linux machine with an NVIDIA GPU, compute capability >= 8.0)")
 
@@ -86,7 +92,12 @@ class MiiBackend(Backend):
 
         kwargs = self.pipeline_kwargs()
         self._tokenizer = self.load_tokenizer(kwargs["model_name_or_path"])
-        self._pipe = mii.pipeline(**kwargs)
+        try:
+            self._pipe = mii.pipeline(**kwargs)
+        except ValueError as exc:
+            if CANNOT_SERVE_MARKER in str(exc):
+                raise BackendUnsupported(f"DeepSpeed refuses this model configuration: {exc}") from exc
+            raise
         self.stats["pipeline_kwargs"] = kwargs
 
     def prompt_text(self, r: Request) -> str:
