@@ -195,15 +195,14 @@ def test_synthetic_rows_are_sent_as_their_ids_decoded(fake_mii):
      "theta_base alone", "unsupported"),
     ("some other bad value", "failed"),
 ])
-def test_deepspeed_refusing_a_model_configuration_is_unsupported(monkeypatch, message, status):
+def test_deepspeed_refusing_a_model_configuration_is_unsupported(fake_mii, monkeypatch, message, status):
     from inference_eval.backends.mii_backend import MiiBackend
     from inference_eval.batch_worker import classify
 
     def pipeline(**kwargs):
         raise ValueError(message)
 
-    monkeypatch.setitem(sys.modules, "mii", types.SimpleNamespace(pipeline=pipeline))
-    monkeypatch.setattr(MiiBackend, "load_tokenizer", staticmethod(lambda path: FakeTokenizer()))
+    monkeypatch.setattr(sys.modules["mii"], "pipeline", pipeline)  # the fake MII, refusing at build
     backend = MiiBackend(job_cfg(), ModelFiles(hf_dir="/m/hf", weights_dir="/m/weights"))
     with pytest.raises((BackendUnsupported, ValueError)) as raised:
         backend.load()
